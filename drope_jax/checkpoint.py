@@ -1,0 +1,132 @@
+"""Orbax checkpoints of the train state, the data iterator and the run's metadata.
+
+A checkpoint at step ``s`` holds the state after ``s`` updates. Its metadata records the phase
+its weights were trained in, the flip step and the model config, so a relaunch knows where it
+is and refuses a workdir that belongs to another model. Orbax writes each checkpoint under a
+temporary name and renames it when complete, so an interrupted save is never read as whole.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from drope_jax.model_config import ConfigError, ModelConfig
+
+# Fields that change parameter shapes; the others (dtypes of compute, remat, ...) may differ on resume.
+SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim", "head_dim",
+                "tie_embeddings", "qk_norm")
+
+
+class _IteratorSnapshot:
+    """A data-iterator state captured when the checkpoint is taken, saved by Grain's handler."""
+
+    def __init__(self, state: dict):
+        self._state = json.dumps(state, indent=1).encode()
+
+    def get_state(self) -> bytes:
+        return self._state
+
+
+class Checkpointer:
+    def __init__(self, directory, *, keep: int = 3, preserve_steps=(), async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+            ocp.checkpoint_managers.LatestN(keep),
+            ocp.checkpoint_managers.CustomSteps(list(preserve_steps)),
+        ])
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
+                                                 create=True),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave(state),
+            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_state)),
+            meta=ocp.args.JsonSave(meta),
+        ), force=True)
+
+    def restore(self, step: int, abstract_state, data_iterator=None):
+        """The train state placed like ``abstract_state`` (ShapeDtypeStructs with shardings)."""
+        items = {"state": _restore_args(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def restore_params(self, step: int, abstract_params):
+        """Parameters only, from a checkpoint whose optimizer state may have another structure."""
+        args = _restore_args({"params": abstract_params}, partial=True)
+        return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _restore_args(abstract, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore every leaf of ``abstract`` (ShapeDtypeStructs with shardings) onto its sharding."""
+    return ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=partial,
+        restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), abstract))
+
+
+def check_same_model(meta: dict, cfg: ModelConfig, where) -> None:
+    """Refuses to resume a checkpoint of another model shape, before anything is compiled or written."""
+    theirs = meta.get("model", {})
+    diffs = [f"{k}: checkpoint {theirs.get(k)!r} vs config {getattr(cfg, k)!r}"
+             for k in SHAPE_FIELDS if theirs.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise ConfigError(f"{where} holds a checkpoint of a different model ({'; '.join(diffs)}); "
+                          "use a new --workdir, or match config.model to it. Nothing was overwritten.")
+
+
+def load_params_from(path, fresh_params: dict, log=print) -> dict:
+    """Parameters from the newest checkpoint under ``path`` (a workdir or its checkpoints/ folder).
+
+    A parameter the checkpoint lacks keeps its fresh initialization and is named; a parameter the
+    model lacks, or one of another shape, is refused by name.
+    """
+    root = pathlib.Path(path)
+    if (root / "checkpoints").is_dir():
+        root = root / "checkpoints"
+    source = Checkpointer(root, async_save=False)
+    step = source.latest_step()
+    if step is None:
+        raise ConfigError(f"config.init_from={str(path)!r} holds no complete checkpoint")
+    stored = traverse_util.flatten_dict(dict(source.manager.item_metadata(step)["state"]["params"]), sep="/")
+    fresh = traverse_util.flatten_dict(fresh_params, sep="/")
+    unexpected = sorted(set(stored) - set(fresh))
+    mismatched = [f"{k}: checkpoint {tuple(stored[k].shape)} vs model {fresh[k].shape}"
+                  for k in sorted(set(stored) & set(fresh)) if tuple(stored[k].shape) != fresh[k].shape]
+    if unexpected or mismatched:
+        raise ConfigError(f"config.init_from={str(path)!r} does not fit config.model: "
+                          f"unexpected parameters {unexpected}; mismatched shapes {mismatched}")
+    missing = sorted(set(fresh) - set(stored))
+    wanted = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding) for k, v in fresh.items() if k in stored}
+    loaded = traverse_util.flatten_dict(source.restore_params(step, traverse_util.unflatten_dict(wanted, sep="/")),
+                                        sep="/")
+    source.close()
+    if missing:
+        log(f"init_from {path} (step {step}): not in the checkpoint, initialized fresh: {missing}")
+    log(f"init_from {path}: loaded {len(loaded)} parameters from step {step}")
+    return traverse_util.unflatten_dict({**fresh, **loaded}, sep="/")

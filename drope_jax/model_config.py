@@ -1,0 +1,81 @@
+"""The model's shape: a frozen dataclass that conversion, tests and training all build from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+QK_NORM_KINDS = ("none", "proj", "head")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    mlp_dim: int
+    head_dim: int = 0  # 0: d_model // num_heads
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    # "proj": the official DroPE QK-norm, one RMSNorm over the whole q (and k) projection,
+    # before the split into heads. "head": RMSNorm over head_dim, per head.
+    qk_norm: str = "none"
+    param_dtype: str = "float32"
+    compute_dtype: str = "bfloat16"
+    remat: str = "none"
+    init_std: float = 0.02
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigError(f"config.model has unknown keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**fields)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "ModelConfig":
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config.model.{name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"config.model.num_heads ({self.num_heads}) must be divisible by "
+                f"config.model.num_kv_heads ({self.num_kv_heads})"
+            )
+        if not self.head_dim and self.d_model % self.num_heads:
+            raise ConfigError(
+                f"config.model.d_model ({self.d_model}) is not divisible by num_heads ({self.num_heads}); "
+                "set config.model.head_dim explicitly"
+            )
+        if self.dim_per_head % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.dim_per_head}")
+        for name, allowed in (("qk_norm", QK_NORM_KINDS), ("remat", REMAT_POLICIES),
+                              ("param_dtype", DTYPES), ("compute_dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        return self
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        d, h, f = self.d_model, self.dim_per_head, self.mlp_dim
+        attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
+        qk = {"none": 0, "proj": h * (self.num_heads + self.num_kv_heads), "head": 2 * h}[self.qk_norm]
+        per_layer = attn + 3 * d * f + 2 * d + qk
+        total = self.num_layers * per_layer + d
+        if include_embeddings:
+            total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return total

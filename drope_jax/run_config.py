@@ -1,0 +1,122 @@
+"""The run's configuration: every key with its default, and the plan derived from it.
+
+Configs in ``configs/`` start from ``default_config()`` and change values, so the set of keys is
+the same everywhere and a misspelt key is refused by ml_collections with a suggestion.
+Budgets may be given in tokens or in steps; ``make_plan`` turns them into steps and checks them
+before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.optim import SCHEDULES
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(
+        vocab_size=257, d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, mlp_dim=512, head_dim=0,
+        tie_embeddings=False, rope_theta=10000.0, norm_eps=1e-5, qk_norm="none",
+        param_dtype="float32", compute_dtype="bfloat16", remat="none", init_std=0.02))
+    c.data = ml_collections.ConfigDict(dict(
+        source="python_stdlib",  # "python_stdlib": the standard library's own source, as bytes
+        path="",
+        seq_len=128,
+        shuffle_seed=0,
+        val_fraction=0.05,
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        global_batch_size=32,  # sequences per optimizer step, over all devices
+        total_tokens=config_dict.placeholder(int),
+        total_steps=config_dict.placeholder(int),
+        grad_accum=1,
+        seed=0,
+        nonfinite="skip",  # "skip": skip the update and count it; "stop": stop at the first
+        max_consecutive_nonfinite=5,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1, decay_fraction=0.2,
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+    c.drope = ml_collections.ConfigDict(dict(
+        flip_step=config_dict.placeholder(int),  # None: RoPE throughout; 0: NoPE from scratch
+        flip_tokens=config_dict.placeholder(int),
+        reset_opt_state=False,
+        rewarm_steps=0,
+        qk_norm_at_flip=False,  # QK-norm weights exist from the start but apply only after the flip
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
+    c.log = ml_collections.ConfigDict(dict(every_steps=10))
+    c.eval = ml_collections.ConfigDict(dict(lengths=(1, 2, 4), num_sequences=16, batch_size=4))
+    c.init_from = ""  # a checkpoint directory whose parameters seed this run
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Steps derived from the config, in the units the loop uses."""
+
+    model: ModelConfig
+    tokens_per_step: int
+    total_steps: int
+    flip_step: int | None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_steps * self.tokens_per_step
+
+    def phase(self, step: int) -> str:
+        return "nope" if self.flip_step is not None and step >= self.flip_step else "rope"
+
+    def describe(self) -> str:
+        flip = "none" if self.flip_step is None else (
+            f"step {self.flip_step:,} ({self.flip_step * self.tokens_per_step:,} tokens)")
+        return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = {self.total_tokens:,} tokens; "
+                f"flip to NoPE at {flip}")
+
+
+def _steps(c, tokens_key: str, steps_key: str, tokens_per_step: int, what: str) -> int | None:
+    section, tkey = tokens_key.split(".")
+    tokens, steps = c[section][tkey], c[section][steps_key.split(".")[1]]
+    if tokens is not None and steps is not None:
+        raise ConfigError(f"set only one of config.{tokens_key} and config.{steps_key} for the {what}")
+    if tokens is not None:
+        return tokens // tokens_per_step
+    return steps
+
+
+def make_plan(c: ml_collections.ConfigDict, num_data_devices: int | None = None) -> Plan:
+    """Validates the config and derives the step budget. Raises ConfigError naming the key to fix."""
+    model = ModelConfig.from_dict(dict(c.model)).validate()
+    t = c.train
+    if c.data.seq_len <= 0 or t.global_batch_size <= 0:
+        raise ConfigError("config.data.seq_len and config.train.global_batch_size must be positive")
+    if t.global_batch_size % t.grad_accum:
+        raise ConfigError(f"config.train.global_batch_size ({t.global_batch_size}) must be divisible by "
+                          f"config.train.grad_accum ({t.grad_accum})")
+    if num_data_devices and (t.global_batch_size // t.grad_accum) % num_data_devices:
+        raise ConfigError(
+            f"config.train.global_batch_size/grad_accum ({t.global_batch_size // t.grad_accum}) does not divide "
+            f"across the {num_data_devices} data-parallel devices (mesh data x fsdp); change the batch or config.mesh")
+    if c.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"config.optim.schedule={c.optim.schedule!r}; choose one of {SCHEDULES}")
+    if t.nonfinite not in ("skip", "stop"):
+        raise ConfigError(f"config.train.nonfinite={t.nonfinite!r}; choose 'skip' or 'stop'")
+    tokens_per_step = t.global_batch_size * c.data.seq_len
+    total = _steps(c, "train.total_tokens", "train.total_steps", tokens_per_step, "budget")
+    if not total or total <= 0:
+        raise ConfigError("the budget is empty: set config.train.total_tokens or config.train.total_steps")
+    flip = _steps(c, "drope.flip_tokens", "drope.flip_step", tokens_per_step, "flip")
+    if flip is not None and not 0 <= flip <= total:
+        raise ConfigError(f"the flip (config.drope.flip_step/flip_tokens -> step {flip}) is beyond the budget "
+                          f"of {total} steps (config.train.total_tokens/total_steps)")
+    if c.drope.qk_norm_at_flip and (model.qk_norm == "none" or flip is None):
+        raise ConfigError("config.drope.qk_norm_at_flip needs config.model.qk_norm ('proj' or 'head') and a flip")
+    if c.data.source == "python_stdlib" and model.vocab_size < 257:
+        raise ConfigError(f"config.model.vocab_size ({model.vocab_size}) is smaller than the byte vocab (257)")
+    return Plan(model=model, tokens_per_step=tokens_per_step, total_steps=total, flip_step=flip)

@@ -1,0 +1,100 @@
+"""The device mesh and the one table that places every parameter and activation on it.
+
+Parameters carry logical axis names (``nnx.Param(..., sharding=("embed", "mlp"))``); activations
+get them through ``constrain``. ``LOGICAL_RULES`` maps each logical name to mesh axes. FSDP is the
+default: parameters are split over ``fsdp`` along their embed dimension, the batch over
+``data`` x ``fsdp``, and ``tensor`` splits heads, MLP and vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from drope_jax.model_config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES: dict[str, tuple[str, ...]] = {
+    # parameters
+    "layers": (),
+    "embed": ("fsdp",),
+    "vocab": ("tensor",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+    "norm": (),
+    # activations
+    "batch": ("data", "fsdp"),
+    "seq": (),
+    "act_embed": (),
+    "act_heads": ("tensor",),
+    "act_kv_heads": ("tensor",),
+    "act_mlp": ("tensor",),
+    "act_vocab": ("tensor",),
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh; one size may be -1, meaning all remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ConfigError(f"config.mesh: only one axis may be -1, got {free}")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+        if len(devices) % fixed:
+            raise ConfigError(f"config.mesh: {len(devices)} devices do not divide by the fixed axes {sizes}")
+        sizes[free[0]] = len(devices) // fixed
+    if math.prod(sizes.values()) != len(devices):
+        raise ConfigError(f"config.mesh {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}")
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names, shape, mesh) -> P:
+    """Mesh PartitionSpec for one array. A mesh axis that does not divide the dimension is dropped."""
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(names, shape):
+        axes = tuple(a for a in LOGICAL_RULES[name] if mesh.shape[a] > 1 and a not in used) if name else ()
+        while axes and dim % math.prod(mesh.shape[a] for a in axes):
+            axes = axes[:-1]
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else (axes or None))
+    return P(*spec)
+
+
+def named_sharding(names, shape, mesh) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+
+def tree_shardings(logical_tree, abstract_tree, mesh):
+    """NamedShardings for a pytree, from a matching tree of logical PartitionSpecs."""
+    return jax.tree.map(lambda names, x: named_sharding(tuple(names), x.shape, mesh),
+                        logical_tree, abstract_tree, is_leaf=lambda x: isinstance(x, P))
+
+
+def constrain(x, names):
+    """Pins an activation's layout by logical names; a no-op outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
+    return named_sharding(("batch",) + (None,) * (ndim - 1), (0,) * ndim, mesh)
+
+
+def host_batch_to_global(batch_np: np.ndarray, mesh) -> jax.Array:
+    """Builds a global array from this process's rows of the batch."""
+    sharding = batch_sharding(mesh, batch_np.ndim)
+    global_shape = (batch_np.shape[0] * jax.process_count(),) + batch_np.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, batch_np, global_shape)

@@ -1,0 +1,55 @@
+"""The model as pure data: graphdef, parameter dicts and their shardings, created already sharded."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from drope_jax import sharding
+from drope_jax.model import Transformer
+from drope_jax.model_config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: usable as a static jit argument
+class ModelSpec:
+    """Everything needed to apply and place a model without building it on a device."""
+
+    cfg: ModelConfig
+    graphdef: nnx.GraphDef
+    abstract_params: dict  # pure dict of jax.ShapeDtypeStruct
+    logical_params: dict  # pure dict of logical PartitionSpecs
+
+    def shardings(self, mesh):
+        return sharding.tree_shardings(self.logical_params, self.abstract_params, mesh)
+
+
+def model_spec(cfg: ModelConfig) -> ModelSpec:
+    abstract_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract_model)
+    return ModelSpec(cfg, graphdef, state.to_pure_dict(), nnx.get_partition_spec(state).to_pure_dict())
+
+
+def init_params(spec: ModelSpec, seed: int, mesh) -> dict:
+    """Random parameters, each created directly in its shard."""
+    def init():
+        return nnx.state(Transformer(spec.cfg, nnx.Rngs(seed))).to_pure_dict()
+
+    return jax.jit(init, out_shardings=spec.shardings(mesh))()
+
+
+def apply(spec: ModelSpec, params: dict, tokens_BT, pos, *, use_qk_norm: bool = True, positions_BT=None):
+    return nnx.merge(spec.graphdef, params)(tokens_BT, pos, positions_BT=positions_BT, use_qk_norm=use_qk_norm)
+
+
+def token_nll(logits_BTV, targets_BT):
+    """Per-token negative log-likelihood [B, T], computed in float32."""
+    logits = logits_BTV.astype(jnp.float32)
+    target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit_BT
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,79 @@
+"""The one train step. The real run, the benchmark and the AOT compile all build it here.
+
+A train state is a plain dict: ``{"params", "opt_state", "step"}``. A step whose loss or gradient is
+not finite leaves the state unchanged (the update is skipped) and reports it in ``nonfinite``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from drope_jax import sharding
+from drope_jax.positions import PosEncoding
+from drope_jax.state import ModelSpec, apply, token_nll
+
+
+def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def state_shardings(spec: ModelSpec, tx, mesh):
+    """Shardings of the whole train state: optimizer moments follow their parameters."""
+    param_sh = spec.shardings(mesh)
+    abstract = jax.eval_shape(lambda p: init_state(p, tx), spec.abstract_params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
+                                   transform_non_params=lambda _: replicated)
+    return {"params": param_sh, "opt_state": opt_sh, "step": replicated}
+
+
+def loss_fn(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool):
+    logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm)
+    return jnp.mean(token_nll(logits_BTV, tokens_BT1[:, 1:]))
+
+
+def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm: bool, grad_accum: int = 1):
+    """A pure ``(state, tokens_BT1) -> (state, metrics)``; tokens hold T+1 tokens per row."""
+    grad_fn = jax.value_and_grad(functools.partial(loss_fn, spec=spec, pos=pos, use_qk_norm=use_qk_norm))
+
+    def step(state, tokens_BT1):
+        params = state["params"]
+        if grad_accum == 1:
+            loss, grads = grad_fn(params, tokens_BT1)
+        else:
+            micro_ABT1 = tokens_BT1.reshape(grad_accum, -1, tokens_BT1.shape[-1])
+
+            def accumulate(carry, micro_BT1):
+                loss_sum, grad_sum = carry
+                micro_BT1 = sharding.constrain(micro_BT1, ("batch", None))
+                loss, grads = grad_fn(params, micro_BT1)
+                return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), micro_ABT1)
+            loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
+
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        lr = lr_fn(state["step"])
+        updates, opt_state = jax.lax.cond(
+            finite,
+            lambda: tx.update(grads, state["opt_state"], params),
+            lambda: (jax.tree.map(jnp.zeros_like, params), state["opt_state"]),
+        )
+        new_params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "nonfinite": ~finite}
+        return new_state, metrics
+
+    return step
+
+
+def jit_train_step(step_fn, state_sh, mesh):
+    """Jit with explicit shardings; the old state is donated."""
+    return jax.jit(step_fn, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_sh, None), donate_argnums=(0,))

@@ -1,0 +1,197 @@
+"""The training loop: RoPE until the flip step, NoPE after it, checkpoints, metrics and a final eval.
+
+Relaunching with the same workdir resumes from the newest complete checkpoint, in the right phase.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+
+import jax
+
+from drope_jax import checkpoint, data, evaluation, metrics, optim, sharding
+from drope_jax.model_config import ConfigError
+from drope_jax.positions import NOPE, ROPE
+from drope_jax.run_config import Plan, make_plan
+from drope_jax.state import count_params, init_params, model_spec
+from drope_jax.step import init_state, jit_train_step, make_train_step, state_shardings
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose, e.g. on repeated non-finite losses; the last good checkpoint is kept."""
+
+
+def log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
+
+
+def run(config, workdir) -> dict:
+    """Trains as ``config`` says in ``workdir``, resuming from it if it holds a checkpoint.
+
+    Returns the final evaluation (perplexity by context multiple), also written to ``eval.json``.
+    """
+    workdir = pathlib.Path(workdir)
+    mesh = sharding.make_mesh(**config.mesh)
+    plan = make_plan(config, num_data_devices=mesh.shape["data"] * mesh.shape["fsdp"])
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                   preserve_steps=[] if plan.flip_step is None else [plan.flip_step],
+                                   async_save=config.checkpoint.async_save)
+    start_step = ckpt.latest_step()
+    if start_step is not None:
+        meta = ckpt.meta(start_step)
+        checkpoint.check_same_model(meta, plan.model, workdir)
+        if meta["flip_step"] != plan.flip_step:
+            raise ConfigError(f"{workdir} was trained with the flip at step {meta['flip_step']}, the config says "
+                              f"{plan.flip_step}; restore config.drope or use a new --workdir")
+
+    docs = data.load_documents(config.data)
+    batch_per_process = config.train.global_batch_size // jax.process_count()
+    data_iter = iter(data.train_dataset(
+        docs["train"], seq_len=config.data.seq_len, batch_per_process=batch_per_process,
+        seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count()))
+
+    spec = model_spec(plan.model)
+    tx = optim.make_optimizer(config.optim)
+    lr_fn = functools.partial(optim.lr_at, optim_cfg=config.optim, total_steps=plan.total_steps,
+                              flip_step=plan.flip_step, rewarm_steps=config.drope.rewarm_steps)
+    state_sh = state_shardings(spec, tx, mesh)
+    log(f"model: {count_params(spec.abstract_params):,} parameters; mesh {dict(mesh.shape)}; {plan.describe()}")
+
+    with jax.set_mesh(mesh):
+        if start_step is None:
+            params = init_params(spec, config.train.seed, mesh)
+            if config.init_from:
+                params = checkpoint.load_params_from(config.init_from, params, log=log)
+            state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
+            start_step = 0
+        else:
+            abstract = _with_shardings(jax.eval_shape(functools.partial(init_state, tx=tx), spec.abstract_params),
+                                       state_sh)
+            state = ckpt.restore(start_step, abstract, data_iter)
+            log(f"resumed from {ckpt.directory} at step {start_step} (next phase: {plan.phase(start_step)})")
+
+        train_loop(config, plan, spec, tx, lr_fn, state, state_sh, mesh, data_iter, ckpt, start_step, workdir)
+        ckpt.wait()
+        result = final_eval(config, plan, spec, ckpt, docs["val"], mesh)
+    ckpt.close()
+    if jax.process_index() == 0:
+        (workdir / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_iter, ckpt, start_step, workdir):
+    qk_at_flip = config.drope.qk_norm_at_flip
+    compiled = {}
+
+    def step_fn(phase):
+        if phase not in compiled:
+            fn = make_train_step(spec, tx, lr_fn, pos=NOPE if phase == "nope" else ROPE,
+                                 use_qk_norm=phase == "nope" or not qk_at_flip, grad_accum=config.train.grad_accum)
+            compiled[phase] = jit_train_step(fn, state_sh, mesh)
+        return compiled[phase]
+
+    writer = metrics.MetricsWriter(workdir)
+    pending = None  # (step, phase, device metrics): fetched one step late, so the host never waits on the step
+    consecutive_faults = 0
+    interval_start, interval_steps, run_start = None, 0, time.time()
+
+    def finish(step, phase, device_metrics):
+        nonlocal consecutive_faults, interval_start, interval_steps
+        m = {k: v.item() for k, v in jax.device_get(device_metrics).items()}
+        consecutive_faults = consecutive_faults + 1 if m["nonfinite"] else 0
+        if consecutive_faults and (config.train.nonfinite == "stop"
+                                   or consecutive_faults >= config.train.max_consecutive_nonfinite):
+            raise TrainingStopped(f"step {step}: non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) "
+                                  f"{consecutive_faults} time(s) in a row; the update was skipped and the last "
+                                  f"good checkpoint in {ckpt.directory} is kept")
+        now = time.time()
+        if interval_start is None:  # the first step includes compilation: time from its end
+            interval_start, interval_steps = now, 0
+            return
+        interval_steps += 1
+        if (step + 1) % config.log.every_steps and step + 1 != plan.total_steps:
+            return
+        tokens_per_sec = interval_steps * plan.tokens_per_step / max(now - interval_start, 1e-9)
+        mfu = metrics.mfu(tokens_per_sec, plan.model, config.data.seq_len, jax.device_count())
+        eta = (plan.total_steps - step - 1) * plan.tokens_per_step / tokens_per_sec
+        record = {"step": step + 1, "tokens": (step + 1) * plan.tokens_per_step, "phase": phase,
+                  "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
+                  "tokens_per_sec": tokens_per_sec, "skipped": m["nonfinite"]}
+        if mfu is not None:
+            record["mfu"] = mfu
+        writer.write(record)
+        log(f"step {step + 1:>7,}/{plan.total_steps:,} | {phase} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
+            f"{tokens_per_sec / 1e3:,.1f}k tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'} | "
+            f"ETA {metrics.format_duration(eta)}")
+        interval_start, interval_steps = now, 0
+
+    def save(step):
+        meta = {"step": step, "phase": plan.phase(step - 1) if step else "rope", "flip_step": plan.flip_step,
+                "tokens": step * plan.tokens_per_step, "model": plan.model.to_dict()}
+        ckpt.save(step, state, data_iter.get_state(), meta)
+
+    try:
+        for step in range(start_step, plan.total_steps):
+            if step == plan.flip_step:
+                if step != start_step:
+                    save(step)  # the last RoPE-phase state: kept whatever the keep-N policy says
+                state = apply_flip(config, state, tx, state_sh, step)
+            elif step % config.checkpoint.every_steps == 0 and step != start_step:
+                save(step)
+            tokens = sharding.host_batch_to_global(next(data_iter)["tokens"], mesh)
+            phase = plan.phase(step)
+            state, device_metrics = step_fn(phase)(state, tokens)
+            if pending is not None:
+                finish(*pending)
+            pending = (step, phase, device_metrics)
+        if pending is not None:
+            finish(*pending)
+        if start_step < plan.total_steps:
+            save(plan.total_steps)
+    finally:
+        writer.close()
+        log(f"training took {metrics.format_duration(time.time() - run_start)}")
+
+
+def apply_flip(config, state, tx, state_sh, step: int):
+    """Entering the first NoPE step. Applied again on a resume from the flip checkpoint, with the same result."""
+    d = config.drope
+    options = [f"reset optimizer moments: {d.reset_opt_state}", f"LR re-warm: {d.rewarm_steps} steps",
+               f"QK-norm switched on: {d.qk_norm_at_flip}"]
+    log(f"=== flip at step {step}: RoPE -> NoPE in every layer ({'; '.join(options)}) ===")
+    if d.reset_opt_state:
+        state = dict(state, opt_state=jax.jit(tx.init, out_shardings=state_sh["opt_state"])(state["params"]))
+    return state
+
+
+def final_eval(config, plan: Plan, spec, ckpt, val_docs, mesh) -> dict:
+    """Held-out perplexity at each context multiple, for the last RoPE-phase model and the final one."""
+    seq_len = config.data.seq_len
+    models = []
+    if plan.flip_step:
+        params = ckpt.restore_params(plan.flip_step, _with_shardings(spec.abstract_params, spec.shardings(mesh)))
+        models.append((f"rope (step {plan.flip_step}, before the flip)", params, ROPE, not config.drope.qk_norm_at_flip))
+    final = ckpt.restore_params(plan.total_steps, _with_shardings(spec.abstract_params, spec.shardings(mesh)))
+    final_pos = NOPE if plan.flip_step is not None else ROPE
+    label = {None: "rope", 0: "nope"}.get(plan.flip_step, "drope")
+    models.append((f"{label} (step {plan.total_steps}, final)", final, final_pos, True))
+
+    lengths = [m * seq_len for m in config.eval.lengths]
+    results = {"train_context": seq_len, "lengths": lengths, "perplexity": {}}
+    header = f"{'held-out perplexity':<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))
+    rows = [header]
+    for name, params, pos, use_qk in models:
+        ppl = [evaluation.perplexity(spec, params, data.eval_sequences(val_docs, n, config.eval.num_sequences), pos,
+                                     use_qk_norm=use_qk, batch_size=config.eval.batch_size) for n in lengths]
+        results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
+        rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))
+    log("\n".join(rows))
+    return results
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)

@@ -1,0 +1,31 @@
+"""Train (or resume) a DroPE run.
+
+  python launch/tpu_run.py --config=configs/tiny.py --workdir=/tmp/tiny [--config.train.total_steps=100]
+
+Every host of a TPU pod slice or multi-node GPU job runs the same command.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+
+from drope_jax import distributed, train
+from drope_jax.model_config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Run config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evals go.", required=True)
+
+
+def main(argv):
+    del argv
+    distributed.initialize_if_needed()
+    try:
+        train.run(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, train.TrainingStopped) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

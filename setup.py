@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="drope-jax",
+    version="0.1.0",
+    description="DroPE in JAX/Flax: train with RoPE, drop it, recalibrate, read past the training context.",
+    packages=find_packages(include=["drope_jax", "drope_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.4",
+        "grain>=0.2.18",
+        "array_record>=0.8.6",
+        "tensorstore>=0.1.86",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.3",
+        "numpy>=2.0",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+)
