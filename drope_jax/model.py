@@ -24,14 +24,19 @@ REMAT = {
 }
 
 
-def _param(rngs, shape, names, cfg: ModelConfig, std=None):
-    init = jnp.ones if std is None else (lambda s, d: std * jax.random.normal(rngs.params(), s, d))
-    return nnx.Param(init(shape, jnp.dtype(cfg.param_dtype)), sharding=names)
+def _param(rngs, shape, names, cfg: ModelConfig, init: str = "normal"):
+    """A parameter with logical axis names; "normal" draws N(0, init_std), "ones"/"zeros" are constant."""
+    dtype = jnp.dtype(cfg.param_dtype)
+    if init == "normal":
+        value = cfg.init_std * jax.random.normal(rngs.params(), shape, dtype)
+    else:
+        value = (jnp.ones if init == "ones" else jnp.zeros)(shape, dtype)
+    return nnx.Param(value, sharding=names)
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.weight = _param(rngs, (dim,), ("norm",), cfg)
+        self.weight = _param(rngs, (dim,), ("norm",), cfg, "ones")
         self.eps = cfg.norm_eps
 
     def __call__(self, x):
@@ -42,12 +47,16 @@ class RMSNorm(nnx.Module):
 
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        d, n, k, h, std = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head, cfg.init_std
+        d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
         self.cfg = cfg
-        self.q_DNH = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg, std)
-        self.k_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, std)
-        self.v_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg, std)
-        self.o_NHD = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), cfg, std)
+        self.q_DNH = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg)
+        self.k_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg)
+        self.v_DKH = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg)
+        self.o_NHD = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), cfg)
+        if cfg.attention_bias:
+            self.q_bias_NH = _param(rngs, (n, h), ("heads", "head_dim"), cfg, "zeros")
+            self.k_bias_KH = _param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, "zeros")
+            self.v_bias_KH = _param(rngs, (k, h), ("kv_heads", "head_dim"), cfg, "zeros")
         if cfg.qk_norm == "proj":
             self.q_norm, self.k_norm = RMSNorm(n * h, cfg, rngs), RMSNorm(k * h, cfg, rngs)
         elif cfg.qk_norm == "head":
@@ -64,6 +73,10 @@ class Attention(nnx.Module):
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
         k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
         v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v_DKH[...].astype(dt))
+        if self.cfg.attention_bias:
+            q_BTNH = q_BTNH + self.q_bias_NH[...].astype(dt)
+            k_BTKH = k_BTKH + self.k_bias_KH[...].astype(dt)
+            v_BTKH = v_BTKH + self.v_bias_KH[...].astype(dt)
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
         q_BTNH = constrain(encode(pos, q_BTNH, positions_BT, self.cfg.rope_theta), ("batch", "seq", "act_heads", None))
@@ -74,10 +87,10 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        d, f, std = cfg.d_model, cfg.mlp_dim, cfg.init_std
-        self.gate_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg, std)
-        self.up_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg, std)
-        self.down_FD = _param(rngs, (f, d), ("mlp", "embed"), cfg, std)
+        d, f = cfg.d_model, cfg.mlp_dim
+        self.gate_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg)
+        self.up_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg)
+        self.down_FD = _param(rngs, (f, d), ("mlp", "embed"), cfg)
 
     def __call__(self, x_BTD):
         dt = x_BTD.dtype
@@ -103,7 +116,7 @@ class Block(nnx.Module):
 class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg, cfg.init_std)
+        self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -113,7 +126,7 @@ class Transformer(nnx.Module):
         self.blocks = stacked_blocks(rngs)
         self.final_norm = RMSNorm(cfg.d_model, cfg, rngs)
         if not cfg.tie_embeddings:
-            self.lm_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg, cfg.init_std)
+            self.lm_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
     def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, use_qk_norm: bool = True):
         """Logits [B, T, V] in the compute dtype. ``use_qk_norm=False`` skips QK-norm weights that exist

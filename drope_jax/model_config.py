@@ -23,6 +23,7 @@ class ModelConfig:
     mlp_dim: int
     head_dim: int = 0  # 0: d_model // num_heads
     tie_embeddings: bool = False
+    attention_bias: bool = False  # biases on q, k and v (Qwen2)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     # "proj": the official DroPE QK-norm, one RMSNorm over the whole q (and k) projection,
@@ -74,7 +75,8 @@ class ModelConfig:
         d, h, f = self.d_model, self.dim_per_head, self.mlp_dim
         attn = d * h * (2 * self.num_heads + 2 * self.num_kv_heads)
         qk = {"none": 0, "proj": h * (self.num_heads + self.num_kv_heads), "head": 2 * h}[self.qk_norm]
-        per_layer = attn + 3 * d * f + 2 * d + qk
+        bias = h * (self.num_heads + 2 * self.num_kv_heads) if self.attention_bias else 0
+        per_layer = attn + bias + 3 * d * f + 2 * d + qk
         total = self.num_layers * per_layer + d
         if include_embeddings:
             total += self.vocab_size * d * (1 if self.tie_embeddings else 2)

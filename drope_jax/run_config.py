@@ -35,6 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
         total_tokens=config_dict.placeholder(int),
         total_steps=config_dict.placeholder(int),
         grad_accum=1,
+        stop_at_step=config_dict.placeholder(int),  # checkpoint and exit there; a relaunch continues
         seed=0,
         nonfinite="skip",  # "skip": skip the update and count it; "stop": stop at the first
         max_consecutive_nonfinite=5,

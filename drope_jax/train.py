@@ -74,8 +74,13 @@ def run(config, workdir) -> dict:
             state = ckpt.restore(start_step, abstract, data_iter)
             log(f"resumed from {ckpt.directory} at step {start_step} (next phase: {plan.phase(start_step)})")
 
-        train_loop(config, plan, spec, tx, lr_fn, state, state_sh, mesh, data_iter, ckpt, start_step, workdir)
+        end_step = train_loop(config, plan, spec, tx, lr_fn, state, state_sh, mesh, data_iter, ckpt, start_step,
+                              workdir)
         ckpt.wait()
+        if end_step < plan.total_steps:
+            log(f"stopped at step {end_step} (config.train.stop_at_step); relaunch the same command to continue")
+            ckpt.close()
+            return {}
         result = final_eval(config, plan, spec, ckpt, docs["val"], mesh)
     ckpt.close()
     if jax.process_index() == 0:
@@ -97,7 +102,8 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
     writer = metrics.MetricsWriter(workdir)
     pending = None  # (step, phase, device metrics): fetched one step late, so the host never waits on the step
     consecutive_faults = 0
-    interval_start, interval_steps, run_start = None, 0, time.time()
+    run_start = interval_start = time.time()  # the first interval includes compilation
+    interval_steps = 0
 
     def finish(step, phase, device_metrics):
         nonlocal consecutive_faults, interval_start, interval_steps
@@ -109,9 +115,6 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
                                   f"{consecutive_faults} time(s) in a row; the update was skipped and the last "
                                   f"good checkpoint in {ckpt.directory} is kept")
         now = time.time()
-        if interval_start is None:  # the first step includes compilation: time from its end
-            interval_start, interval_steps = now, 0
-            return
         interval_steps += 1
         if (step + 1) % config.log.every_steps and step + 1 != plan.total_steps:
             return
@@ -134,8 +137,10 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
                 "tokens": step * plan.tokens_per_step, "model": plan.model.to_dict()}
         ckpt.save(step, state, data_iter.get_state(), meta)
 
+    end_step = plan.total_steps if config.train.stop_at_step is None else min(config.train.stop_at_step,
+                                                                             plan.total_steps)
     try:
-        for step in range(start_step, plan.total_steps):
+        for step in range(start_step, end_step):
             if step == plan.flip_step:
                 if step != start_step:
                     save(step)  # the last RoPE-phase state: kept whatever the keep-N policy says
@@ -150,11 +155,12 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
             pending = (step, phase, device_metrics)
         if pending is not None:
             finish(*pending)
-        if start_step < plan.total_steps:
-            save(plan.total_steps)
+        if start_step < end_step:
+            save(end_step)
     finally:
         writer.close()
         log(f"training took {metrics.format_duration(time.time() - run_start)}")
+    return end_step
 
 
 def apply_flip(config, state, tx, state_sh, step: int):

@@ -2,16 +2,17 @@
 
   python launch/tpu_run.py --config=configs/tiny.py --workdir=/tmp/tiny [--config.train.total_steps=100]
 
+Relaunching the same command resumes from the newest complete checkpoint in the workdir.
 Every host of a TPU pod slice or multi-node GPU job runs the same command.
 """
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-
 from drope_jax import distributed, train
+from drope_jax.launch_utils import parse_flags_or_exit
 from drope_jax.model_config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Run config file.")
@@ -20,6 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
     distributed.initialize_if_needed()
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
@@ -28,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_or_exit)

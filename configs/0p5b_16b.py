@@ -1,0 +1,21 @@
+"""The DroPE paper's from-scratch experiment: a 0.5B Llama-style model, 16B tokens, NoPE after 14B.
+
+Context 1024 tokens; global batch 512 sequences = 524,288 tokens per step; so 30,517 steps with the
+flip at step 26,702. Needs pre-tokenized data (49,152-token vocab):
+  python launch/tpu_run.py --config=configs/0p5b_16b.py --workdir=gs://... --config.data.path=DIR
+"""
+
+from drope_jax.run_config import default_config
+
+
+def get_config():
+    c = default_config()
+    c.model.update(vocab_size=49152, d_model=1024, num_layers=24, num_heads=16, num_kv_heads=16, mlp_dim=4096,
+                   tie_embeddings=False, rope_theta=10000.0, compute_dtype="bfloat16", remat="dots_no_batch")
+    c.data.update(source="arrayrecord", path="", seq_len=1024)
+    c.train.update(global_batch_size=512, total_tokens=16_000_000_000)
+    c.optim.update(lr=3e-4, schedule="cosine", warmup_steps=1000, min_lr_ratio=0.1, weight_decay=0.0, grad_clip=1.0)
+    c.drope.update(flip_tokens=14_000_000_000)
+    c.checkpoint.update(every_steps=1000, keep=3)
+    c.log.every_steps = 50
+    return c

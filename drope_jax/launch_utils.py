@@ -1,0 +1,24 @@
+"""Shared by the launch/ programs: flag parsing whose errors are one line that names the fix."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import flags
+
+
+def parse_flags_or_exit(argv):
+    """absl flag parsing; a misspelt ``--config.a.b`` exits with the closest valid key."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        unknown_part = str(e).split("Did you mean")[0]
+        bad = next((a for a in overrides if re.search(rf"\b{re.escape(a.rsplit('.', 1)[-1])}\b", unknown_part)),
+                   " ".join(overrides))
+        hint = re.search(r'Did you mean "([^"]+)"', str(e))
+        suggestion = f'; did you mean "{hint.group(1)}"?' if hint else ""
+        sys.exit(f"error: unknown config key in {bad}{suggestion}")
+    except flags.Error as e:
+        sys.exit(f"error: {e}")
