@@ -31,7 +31,7 @@ def _param(rngs, shape, names, cfg: ModelConfig, init: str = "normal"):
         value = cfg.init_std * jax.random.normal(rngs.params(), shape, dtype)
     else:
         value = (jnp.ones if init == "ones" else jnp.zeros)(shape, dtype)
-    return nnx.Param(value, sharding=names)
+    return nnx.Param(value, out_sharding=names)
 
 
 class RMSNorm(nnx.Module):

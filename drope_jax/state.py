@@ -29,13 +29,13 @@ class ModelSpec:
 def model_spec(cfg: ModelConfig) -> ModelSpec:
     abstract_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract_model)
-    return ModelSpec(cfg, graphdef, state.to_pure_dict(), nnx.get_partition_spec(state).to_pure_dict())
+    return ModelSpec(cfg, graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(nnx.get_partition_spec(state)))
 
 
 def init_params(spec: ModelSpec, seed: int, mesh) -> dict:
     """Random parameters, each created directly in its shard."""
     def init():
-        return nnx.state(Transformer(spec.cfg, nnx.Rngs(seed))).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(Transformer(spec.cfg, nnx.Rngs(seed))))
 
     return jax.jit(init, out_shardings=spec.shardings(mesh))()
 

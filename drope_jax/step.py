@@ -57,7 +57,7 @@ def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm
             (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), micro_ABT1)
             loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
 
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         lr = lr_fn(state["step"])
         updates, opt_state = jax.lax.cond(

@@ -22,29 +22,43 @@ def small(**kw) -> ModelConfig:
     return dataclasses.replace(SMALL, **kw).validate()
 
 
-@pytest.fixture(scope="module")
-def mesh1():
-    return sharding.make_mesh(devices=jax.devices()[:1])
-
-
-def make_params(cfg, mesh, seed=0, perturb_norms=True):
-    """Parameters as a pure dict of numpy arrays. Norm weights (1 at init) are made random, so a test
-    sees whether each one is applied where it should be."""
-    params = state.init_params(spec_of(cfg), seed, mesh)
-    rng = np.random.default_rng(seed + 100)
-
-    def fix(path, x):
-        x = np.asarray(x)
-        if perturb_norms and "norm" in jax.tree_util.keystr(path):
-            x = (1.0 + 0.5 * rng.standard_normal(x.shape)).astype(x.dtype)
-        return x
-
-    return jax.tree_util.tree_map_with_path(fix, params)
-
-
 @functools.cache
 def spec_of(cfg: ModelConfig) -> state.ModelSpec:
     return state.model_spec(cfg)
+
+
+@functools.cache
+def initial_params() -> dict:
+    """``state.init_params`` for SMALL with 'proj' QK-norm, as numpy. Compiled once: the random
+    initialiser takes seconds to compile on CPU, so other configs are derived from this one."""
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    return jax.tree.map(np.asarray, state.init_params(spec_of(small(qk_norm="proj")), 0, mesh))
+
+
+def make_params(cfg: ModelConfig, seed: int = 0) -> dict:
+    """Parameters for ``cfg`` (a variant of SMALL in layers, qk_norm or tying), from ``initial_params``.
+    Norm weights (1 at init) are made random, so a test sees whether each one is applied where it
+    should be."""
+    p = jax.tree.map(lambda x: x.copy(), initial_params())
+    p["blocks"] = jax.tree.map(lambda x: x[: cfg.num_layers], p["blocks"])
+    attn = p["blocks"]["attn"]
+    if cfg.qk_norm == "none":
+        del attn["q_norm"], attn["k_norm"]
+    elif cfg.qk_norm == "head":
+        attn["q_norm"]["weight"] = attn["k_norm"]["weight"] = np.ones((cfg.num_layers, cfg.dim_per_head), np.float32)
+    if cfg.tie_embeddings:
+        del p["lm_head_DV"]
+    rng = np.random.default_rng(seed)
+
+    def perturb(path, x):
+        if "norm" in jax.tree_util.keystr(path):
+            return (1.0 + 0.5 * rng.standard_normal(x.shape)).astype(x.dtype)
+        return x
+
+    p = jax.tree_util.tree_map_with_path(perturb, p)
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), spec_of(cfg).abstract_params)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), p) == want, "test helper out of step with the model"
+    return p
 
 
 @functools.cache
@@ -183,9 +197,9 @@ def test_rope_uses_positions_argument():
 
 
 @pytest.mark.parametrize("qk_norm", ["none", "proj", "head"])
-def test_forward_matches_reference(mesh1, qk_norm):
+def test_forward_matches_reference(qk_norm):
     cfg = small(qk_norm=qk_norm)
-    params = make_params(cfg, mesh1)
+    params = make_params(cfg)
     tokens = tokens_for()
     for pos, rope in ((NOPE, False), (ROPE, True)):
         got = forward(cfg, params, tokens, pos)
@@ -194,9 +208,9 @@ def test_forward_matches_reference(mesh1, qk_norm):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"{pos.kind} qk_norm={qk_norm}")
 
 
-def test_nope_is_causal_and_differs_from_rope(mesh1):
+def test_nope_is_causal_and_differs_from_rope():
     cfg = small()
-    params = make_params(cfg, mesh1)
+    params = make_params(cfg)
     a = tokens_for(seed=3)
     t = 6
     b = a.at[:, t + 1:].set((a[:, t + 1:] + 7) % cfg.vocab_size)
@@ -211,12 +225,12 @@ def test_nope_is_causal_and_differs_from_rope(mesh1):
     assert np.abs(rope[:, 1:] - nope[:, 1:]).max() > 1e-3
 
 
-def test_nope_sees_no_order_among_earlier_tokens(mesh1):
+def test_nope_sees_no_order_among_earlier_tokens():
     """With NoPE and one layer, the last position's output is invariant to permuting the tokens before
     it: its keys and values are functions of single tokens. (With more layers the causal mask itself
     leaks order, so the property holds only for one.)"""
     cfg = small(num_layers=1)
-    params = make_params(cfg, mesh1)
+    params = make_params(cfg)
     a = tokens_for(seed=4)
     perm = np.concatenate([np.random.default_rng(0).permutation(T - 1), [T - 1]])
     b = a[:, perm]
@@ -225,23 +239,31 @@ def test_nope_sees_no_order_among_earlier_tokens(mesh1):
     assert np.abs(forward(cfg, params, a, ROPE)[:, -1] - forward(cfg, params, b, ROPE)[:, -1]).max() > 1e-4
 
 
-def test_same_params_serve_both_modes(mesh1):
-    cfg = small(qk_norm="proj")
-    spec = state.model_spec(cfg)
-    params = state.init_params(spec, 0, mesh1)
+@functools.cache
+def loss_and_grads(cfg: ModelConfig, pos):
+    """Loss and gradients for ``initial_params`` (adapted to ``cfg``'s remat only) on fixed tokens."""
+    spec = spec_of(cfg)
     tokens = tokens_for(seed=5, t=T + 1)
 
-    def loss(p, pos):
+    def loss(p):
         return jnp.mean(state.token_nll(state.apply(spec, p, tokens[:, :-1], pos), tokens[:, 1:]))
 
+    value, grads = jax.jit(jax.value_and_grad(loss))(initial_params())
+    return float(value), jax.tree.map(np.asarray, grads)
+
+
+def test_same_params_serve_both_modes():
+    cfg = small(qk_norm="proj")
+    params = initial_params()  # straight from state.init_params
     shapes = jax.tree.map(lambda x: (x.shape, x.dtype), params)
     for pos in (ROPE, NOPE):
-        value, grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, pos)
-        assert np.isfinite(float(value))
+        value, grads = loss_and_grads(cfg, pos)
+        assert np.isfinite(value)
         assert jax.tree.structure(grads) == jax.tree.structure(params)
         assert jax.tree.map(lambda x: (x.shape, x.dtype), grads) == shapes
         # every parameter is used in both modes
-        assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+        assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+    assert loss_and_grads(cfg, ROPE)[0] != loss_and_grads(cfg, NOPE)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,16 +284,16 @@ def test_qk_norm_weight_shapes(kind):
     assert "q_norm" not in state.model_spec(small(qk_norm="none")).abstract_params["blocks"]["attn"]
 
 
-def test_qk_norm_initialised_to_one(mesh1):
-    params = state.init_params(state.model_spec(small(qk_norm="proj")), 0, mesh1)
+def test_qk_norm_initialised_to_one():
+    params = initial_params()
     for name in ("q_norm", "k_norm"):
         np.testing.assert_array_equal(np.asarray(params["blocks"]["attn"][name]["weight"]), 1.0)
 
 
 @pytest.mark.parametrize("kind", ["proj", "head"])
-def test_qk_norm_off_equals_model_without_qk_norm(mesh1, kind):
+def test_qk_norm_off_equals_model_without_qk_norm(kind):
     cfg = small(qk_norm=kind)
-    params = make_params(cfg, mesh1)
+    params = make_params(cfg)
     plain = jax.tree.map(lambda x: x, params)
     for name in ("q_norm", "k_norm"):
         del plain["blocks"]["attn"][name]
@@ -282,11 +304,11 @@ def test_qk_norm_off_equals_model_without_qk_norm(mesh1, kind):
         assert np.abs(forward(cfg, params, tokens, pos) - off).max() > 1e-3
 
 
-def test_tied_embeddings(mesh1):
+def test_tied_embeddings():
     tied = small(tie_embeddings=True)
-    spec = state.model_spec(tied)
+    spec = spec_of(tied)
     assert "lm_head_DV" not in spec.abstract_params
-    params = make_params(tied, mesh1)
+    params = make_params(tied)
     untied = jax.tree.map(lambda x: x, params)
     untied["lm_head_DV"] = params["embed_VD"].T.copy()
     tokens = tokens_for(seed=7)
@@ -337,22 +359,10 @@ def test_validate_rejects_heads_not_divisible_by_kv_heads():
 # Rematerialisation
 
 
-def test_remat_policies_match_no_remat(mesh1):
+def test_remat_policies_match_no_remat():
     base = small(qk_norm="proj")
-    params = make_params(base, mesh1)
-    tokens = tokens_for(seed=8, t=T + 1)
-
-    def loss_and_grads(cfg, pos):
-        spec = spec_of(cfg)
-
-        def loss(p):
-            return jnp.mean(state.token_nll(state.apply(spec, p, tokens[:, :-1], pos), tokens[:, 1:]))
-
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    want_loss, want_grads = loss_and_grads(base, ROPE)
-    for policy in ("full", "dots"):
-        got_loss, got_grads = loss_and_grads(dataclasses.replace(base, remat=policy), ROPE)
-        np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-6)
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-7),
-                     got_grads, want_grads)
+    for policy, pos in (("full", ROPE), ("dots", NOPE)):
+        want_loss, want_grads = loss_and_grads(base, pos)
+        got_loss, got_grads = loss_and_grads(dataclasses.replace(base, remat=policy), pos)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7), got_grads, want_grads)
