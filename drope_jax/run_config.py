@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
     c.log = ml_collections.ConfigDict(dict(every_steps=10))
     c.eval = ml_collections.ConfigDict(dict(lengths=(1, 2, 4), num_sequences=16, batch_size=4))
-    c.init_from = ""  # a checkpoint directory whose parameters seed this run
+    c.init_from = ""  # a checkpoint directory, or "hf:DIR" (a Hugging Face one), whose parameters seed this run
     return c
 
 

@@ -64,7 +64,10 @@ def run(config, workdir) -> dict:
     with jax.set_mesh(mesh):
         if start_step is None:
             params = init_params(spec, config.train.seed, mesh)
-            if config.init_from:
+            if config.init_from.startswith("hf:"):
+                from drope_jax.hf import load_params  # lazily: the bridge needs safetensors
+                params = load_params(config.init_from[3:], plan.model, params, log=log)
+            elif config.init_from:
                 params = checkpoint.load_params_from(config.init_from, params, log=log)
             state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
             start_step = 0
@@ -134,7 +137,8 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
 
     def save(step):
         meta = {"step": step, "phase": plan.phase(step - 1) if step else "rope", "flip_step": plan.flip_step,
-                "tokens": step * plan.tokens_per_step, "model": plan.model.to_dict()}
+                "tokens": step * plan.tokens_per_step, "model": plan.model.to_dict(),
+                "qk_norm_at_flip": config.drope.qk_norm_at_flip}
         ckpt.save(step, state, data_iter.get_state(), meta)
 
     end_step = plan.total_steps if config.train.stop_at_step is None else min(config.train.stop_at_step,

@@ -1,0 +1,130 @@
+"""Flax parameters -> a Hugging Face checkpoint directory that ``from_pretrained`` loads.
+
+A RoPE-phase model becomes LlamaForCausalLM (Qwen2ForCausalLM with attention biases); a NoPE one becomes
+SmolLM3ForCausalLM with every layer NoPE. QK-norm models, and NoPE models with biases, have no stock
+architecture: they get the official DroPE format (llama_drope / qwen2_drope) and our modelling file,
+loaded with ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from drope_jax import checkpoint, data, sharding
+from drope_jax.hf import configs, load, weights
+from drope_jax.model_config import ModelConfig
+from drope_jax.state import model_spec
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+MAX_SHARD_BYTES = 5 * 2**30
+MODELING_FILE = pathlib.Path(__file__).with_name(f"{configs.REMOTE_CODE_MODULE}.py")
+
+
+def _shards(table, cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[weights.Rule]]:
+    """Rules grouped into files of at most ``max_bytes`` (one Flax parameter never straddles two)."""
+    shards, size = [[]], 0
+    for rule in table:
+        nbytes = math.prod(rule.hf_shape) * itemsize * (cfg.num_layers if rule.per_layer else 1)
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(rule)
+        size += nbytes
+    return shards
+
+
+def write_weights(out: pathlib.Path, flat_params: dict, table, cfg: ModelConfig, dtype: str,
+                  max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    from safetensors.numpy import save_file  # imported here: only the bridge needs safetensors
+
+    np_dtype = DTYPES[dtype]
+    groups = _shards(table, cfg, np.dtype(np_dtype).itemsize, max_shard_bytes)
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups):
+        fname = "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = dict(weights.hf_tensors(flat_params, group, cfg.num_layers, np_dtype))
+        save_file(tensors, out / fname, metadata={"format": "pt"})
+        weight_map.update({name: fname for name in tensors})
+        total += sum(t.nbytes for t in tensors.values())
+    if len(groups) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm_active: bool = True,
+                  dtype: str = "float32", source_dir=None, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+    """Writes ``params`` as a Hugging Face checkpoint in ``out``; returns its config.json.
+
+    ``position``: "rope" or "nope", the mode the weights were trained for. ``qk_norm_active=False`` drops
+    QK-norm weights the model has but did not use (a run that switches QK-norm on at the flip).
+    ``source_dir``: a Hugging Face directory whose token ids and tokenizer files the export carries on.
+    """
+    if dtype not in DTYPES:
+        raise configs.HFFormatError(f"--dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = configs.token_ids(source_dir) if source_dir else {}
+    if not ids and cfg.vocab_size == data.BYTE_VOCAB:
+        ids = {"eos_token_id": data.BYTE_EOS}  # the byte-level corpus: EOS after every document, no BOS
+    max_pos = (configs.read_config_json(source_dir).get("max_position_embeddings", 2048)
+               if source_dir and (pathlib.Path(source_dir) / "config.json").is_file() else 2048)
+    hf_cfg = configs.hf_config(cfg, position=position, qk_norm_active=qk_norm_active, dtype=dtype, ids=ids,
+                               max_position_embeddings=max_pos)
+    table = weights.rules(cfg, qk_norm=hf_cfg.get("attention_type", "").startswith("qk_norm"))
+    write_weights(out, traverse_util.flatten_dict(params, sep="/"), table, cfg, dtype, max_shard_bytes)
+    (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    _write_generation_config(out, source_dir, ids)
+    if "auto_map" in hf_cfg:
+        shutil.copy(MODELING_FILE, out / MODELING_FILE.name)
+    if source_dir:
+        for name in load.TOKENIZER_FILES:
+            if name not in ("config.json", "generation_config.json") and (pathlib.Path(source_dir) / name).is_file():
+                shutil.copy(pathlib.Path(source_dir) / name, out / name)
+    return hf_cfg
+
+
+def _write_generation_config(out: pathlib.Path, source_dir, ids: dict) -> None:
+    source = pathlib.Path(source_dir) / "generation_config.json" if source_dir else None
+    if source is not None and source.is_file():
+        shutil.copy(source, out / "generation_config.json")
+    else:
+        (out / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **ids}, indent=2))
+
+
+def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "float32", source_dir=None,
+                      log=print) -> dict:
+    """Exports checkpoint ``step`` (default: the newest) of ``workdir``. The phase and whether QK-norm was in
+    use come from the checkpoint's metadata. ``source_dir`` defaults to ``workdir/hf_source`` when an import
+    made it."""
+    workdir = pathlib.Path(workdir)
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
+    steps = ckpt.all_steps()
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in steps:
+        raise configs.HFFormatError(f"{workdir}/checkpoints has no checkpoint at step {step}; it has {steps}")
+    meta = ckpt.meta(step)
+    cfg = ModelConfig.from_dict(meta["model"])
+    spec = model_spec(cfg)
+    mesh = sharding.make_mesh()
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            spec.abstract_params, spec.shardings(mesh))
+    params = ckpt.restore_params(step, abstract)
+    ckpt.close()
+    # A run that switches QK-norm on at the flip trains its RoPE phase without it.
+    qk_active = not (meta.get("qk_norm_at_flip") and meta["phase"] == "rope")
+    if source_dir is None and (workdir / load.SOURCE_DIR).is_dir():
+        source_dir = workdir / load.SOURCE_DIR
+    hf_cfg = export_params(params, cfg, out, position=meta["phase"], qk_norm_active=qk_active, dtype=dtype,
+                           source_dir=source_dir)
+    log(f"exported {workdir} step {step} ({meta['phase']} phase) to {out} as {hf_cfg['architectures'][0]}"
+        + (f" (attention_type {hf_cfg['attention_type']}; load with trust_remote_code=True)"
+           if "auto_map" in hf_cfg else ""))
+    return hf_cfg
