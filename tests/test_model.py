@@ -15,6 +15,7 @@ from drope_jax.positions import NOPE, ROPE, apply_rope, rope_inv_freq
 
 SMALL = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
                     compute_dtype="float32")
+FULL = dataclasses.replace(SMALL, qk_norm="proj", attention_bias=True)
 B, T = 2, 16
 
 
@@ -29,16 +30,16 @@ def spec_of(cfg: ModelConfig) -> state.ModelSpec:
 
 @functools.cache
 def initial_params() -> dict:
-    """``state.init_params`` for SMALL with 'proj' QK-norm, as numpy. Compiled once: the random
-    initialiser takes seconds to compile on CPU, so other configs are derived from this one."""
+    """``state.init_params`` for FULL (SMALL with 'proj' QK-norm and attention biases), as numpy. Compiled
+    once: the random initialiser takes seconds to compile on CPU, so other configs are derived from it."""
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    return jax.tree.map(np.asarray, state.init_params(spec_of(small(qk_norm="proj")), 0, mesh))
+    return jax.tree.map(np.asarray, state.init_params(spec_of(FULL), 0, mesh))
 
 
 def make_params(cfg: ModelConfig, seed: int = 0) -> dict:
-    """Parameters for ``cfg`` (a variant of SMALL in layers, qk_norm or tying), from ``initial_params``.
-    Norm weights (1 at init) are made random, so a test sees whether each one is applied where it
-    should be."""
+    """Parameters for ``cfg`` (a variant of SMALL in layers, qk_norm, biases or tying), from
+    ``initial_params``. Norm weights (1 at init) and biases (0 at init) are made random, so a test sees
+    whether each one is applied where it should be."""
     p = jax.tree.map(lambda x: x.copy(), initial_params())
     p["blocks"] = jax.tree.map(lambda x: x[: cfg.num_layers], p["blocks"])
     attn = p["blocks"]["attn"]
@@ -46,6 +47,8 @@ def make_params(cfg: ModelConfig, seed: int = 0) -> dict:
         del attn["q_norm"], attn["k_norm"]
     elif cfg.qk_norm == "head":
         attn["q_norm"]["weight"] = attn["k_norm"]["weight"] = np.ones((cfg.num_layers, cfg.dim_per_head), np.float32)
+    if not cfg.attention_bias:
+        del attn["q_bias_NH"], attn["k_bias_KH"], attn["v_bias_KH"]
     if cfg.tie_embeddings:
         del p["lm_head_DV"]
     rng = np.random.default_rng(seed)
@@ -53,6 +56,8 @@ def make_params(cfg: ModelConfig, seed: int = 0) -> dict:
     def perturb(path, x):
         if "norm" in jax.tree_util.keystr(path):
             return (1.0 + 0.5 * rng.standard_normal(x.shape)).astype(x.dtype)
+        if "bias" in jax.tree_util.keystr(path):
+            return (0.3 * rng.standard_normal(x.shape)).astype(x.dtype)
         return x
 
     p = jax.tree_util.tree_map_with_path(perturb, p)
@@ -108,6 +113,8 @@ def reference_forward(cfg, params, tokens, rope: bool, use_qk_norm: bool = True)
         q = np.einsum("btd,dnh->btnh", y, a["q_DNH"])
         kk = np.einsum("btd,dkh->btkh", y, a["k_DKH"])
         v = np.einsum("btd,dkh->btkh", y, a["v_DKH"])
+        if cfg.attention_bias:
+            q, kk, v = q + a["q_bias_NH"], kk + a["k_bias_KH"], v + a["v_bias_KH"]
         if use_qk_norm and cfg.qk_norm == "proj":  # one norm over the whole projection
             q = _rms(q.reshape(b, t, n * h), a["q_norm"]["weight"], eps).reshape(b, t, n, h)
             kk = _rms(kk.reshape(b, t, k * h), a["k_norm"]["weight"], eps).reshape(b, t, k, h)
@@ -196,16 +203,17 @@ def test_rope_uses_positions_argument():
 # The forward pass against the reference, both modes
 
 
-@pytest.mark.parametrize("qk_norm", ["none", "proj", "head"])
-def test_forward_matches_reference(qk_norm):
-    cfg = small(qk_norm=qk_norm)
+@pytest.mark.parametrize("kw", [dict(), dict(qk_norm="proj"), dict(qk_norm="head"),
+                                dict(attention_bias=True), dict(attention_bias=True, qk_norm="proj")])
+def test_forward_matches_reference(kw):
+    cfg = small(**kw)
     params = make_params(cfg)
     tokens = tokens_for()
     for pos, rope in ((NOPE, False), (ROPE, True)):
         got = forward(cfg, params, tokens, pos)
         want = reference_forward(cfg, params, tokens, rope=rope)
         assert got.shape == (B, T, cfg.vocab_size)
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"{pos.kind} qk_norm={qk_norm}")
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5, err_msg=f"{pos.kind} {kw}")
 
 
 def test_nope_is_causal_and_differs_from_rope():
@@ -241,7 +249,7 @@ def test_nope_sees_no_order_among_earlier_tokens():
 
 @functools.cache
 def loss_and_grads(cfg: ModelConfig, pos):
-    """Loss and gradients for ``initial_params`` (adapted to ``cfg``'s remat only) on fixed tokens."""
+    """Loss and gradients for ``initial_params`` on fixed tokens; ``cfg`` is FULL up to remat."""
     spec = spec_of(cfg)
     tokens = tokens_for(seed=5, t=T + 1)
 
@@ -253,7 +261,7 @@ def loss_and_grads(cfg: ModelConfig, pos):
 
 
 def test_same_params_serve_both_modes():
-    cfg = small(qk_norm="proj")
+    cfg = FULL
     params = initial_params()  # straight from state.init_params
     shapes = jax.tree.map(lambda x: (x.shape, x.dtype), params)
     for pos in (ROPE, NOPE):
@@ -284,10 +292,15 @@ def test_qk_norm_weight_shapes(kind):
     assert "q_norm" not in state.model_spec(small(qk_norm="none")).abstract_params["blocks"]["attn"]
 
 
-def test_qk_norm_initialised_to_one():
-    params = initial_params()
+def test_norms_initialised_to_one_and_biases_to_zero():
+    attn = initial_params()["blocks"]["attn"]
     for name in ("q_norm", "k_norm"):
-        np.testing.assert_array_equal(np.asarray(params["blocks"]["attn"][name]["weight"]), 1.0)
+        np.testing.assert_array_equal(attn[name]["weight"], 1.0)
+    for name in ("q_bias_NH", "k_bias_KH", "v_bias_KH"):
+        np.testing.assert_array_equal(attn[name], 0.0)
+    assert attn["q_bias_NH"].shape == (FULL.num_layers, FULL.num_heads, FULL.dim_per_head)
+    assert attn["k_bias_KH"].shape == (FULL.num_layers, FULL.num_kv_heads, FULL.dim_per_head)
+    assert np.std(attn["q_DNH"]) == pytest.approx(FULL.init_std, rel=0.1)
 
 
 @pytest.mark.parametrize("kind", ["proj", "head"])
@@ -339,6 +352,8 @@ def test_half_billion_config_builds_abstractly():
     dict(num_kv_heads=1, qk_norm="proj"),
     dict(num_heads=8, num_kv_heads=2, head_dim=16, qk_norm="head"),
     dict(num_layers=3, mlp_dim=96, num_kv_heads=4),
+    dict(attention_bias=True),
+    dict(attention_bias=True, num_kv_heads=1, qk_norm="proj", tie_embeddings=True),
 ])
 def test_num_params_matches_count(kw):
     cfg = small(**kw)
@@ -360,7 +375,7 @@ def test_validate_rejects_heads_not_divisible_by_kv_heads():
 
 
 def test_remat_policies_match_no_remat():
-    base = small(qk_norm="proj")
+    base = FULL
     for policy, pos in (("full", ROPE), ("dots", NOPE)):
         want_loss, want_grads = loss_and_grads(base, pos)
         got_loss, got_grads = loss_and_grads(dataclasses.replace(base, remat=policy), pos)

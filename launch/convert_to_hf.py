@@ -1,0 +1,38 @@
+"""Export a checkpoint to a Hugging Face directory that `AutoModelForCausalLM.from_pretrained` loads.
+
+  python launch/convert_to_hf.py --workdir=DIR [--step=N] --out=OUT [--dtype=bfloat16|float32] [--tokenizer=HF_DIR]
+
+A RoPE-phase checkpoint becomes LlamaForCausalLM (Qwen2ForCausalLM with attention biases); a NoPE/DroPE one
+SmolLM3ForCausalLM with every layer NoPE. QK-norm models get the official DroPE format (llama_drope) with
+its modelling file: load those with trust_remote_code=True. --tokenizer copies a Hugging Face tokenizer and
+its bos/eos/pad ids; by default, those of the directory launch/import_hf.py made the workdir from.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from drope_jax.hf import export_checkpoint
+from drope_jax.launch_utils import parse_flags_or_exit
+from drope_jax.model_config import ConfigError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (holds checkpoints/).", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output directory for the Hugging Face checkpoint.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export; default: the newest.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the exported weights.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "A Hugging Face directory whose tokenizer files and token "
+                                 "ids the export carries; default: WORKDIR/hf_source if present.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the output
+    try:
+        export_checkpoint(_WORKDIR.value, _OUT.value, step=_STEP.value, dtype=_DTYPE.value,
+                          source_dir=_TOKENIZER.value)
+    except ConfigError as e:  # HFFormatError included
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags_or_exit)
