@@ -1,65 +1,115 @@
-"""Training input: a Grain pipeline of documents -> seeded global shuffle -> packing -> batches.
+"""Training input: ArrayRecord documents -> seeded global shuffle -> packing -> batches, with Grain.
 
-Each element of the source is one tokenized document ending in EOS (no BOS). Documents are
-concatenated and split into rows of ``seq_len + 1`` tokens (inputs and shifted targets). Each
-process reads a disjoint slice of every epoch's shuffled order, and the iterator state is saved
-with each checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+Each record is one tokenized document ending in EOS (no BOS), written by ``launch/prepare_data.py``.
+Documents are concatenated and split into rows of ``seq_len + 1`` tokens (inputs and shifted
+targets). Each process reads a disjoint slice of every epoch's shuffled order, and the iterator
+state is saved with each checkpoint, so a resumed run sees exactly the batches an uninterrupted
+one would.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import shutil
+import sys
 import sysconfig
-import zlib
+import tempfile
 
 import grain
 import numpy as np
 
+from drope_jax import prepare
 from drope_jax.model_config import ConfigError
 
-BYTE_EOS = 256
-BYTE_VOCAB = 257
+SOURCES = ("arrayrecord", "python_stdlib")
 
 
-def encode_bytes(text: bytes) -> np.ndarray:
-    return np.concatenate([np.frombuffer(text, np.uint8).astype(np.int32), [BYTE_EOS]]).astype(np.int32)
+class Corpus:
+    """A directory written by ``launch/prepare_data.py``."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        meta_file = self.path / prepare.METADATA
+        if not meta_file.is_file():
+            raise ConfigError(f"config.data.path={str(path)!r} has no {prepare.METADATA}: it is not a prepared "
+                              "dataset, or its preparation did not finish; run launch/prepare_data.py --out=DIR")
+        self.metadata = json.loads(meta_file.read_text())
+        self.vocab_size = self.metadata["vocab_size"]
+        self.eos_id = self.metadata["eos_id"]
+        self.dtype = np.dtype(self.metadata["token_dtype"])
+
+    def documents(self, split: str) -> grain.MapDataset:
+        """The split's documents as int32 arrays, in file order."""
+        shards = [str(self.path / s) for s in self.metadata["splits"][split]["shards"]]
+        if not shards:
+            raise ConfigError(f"{self.path} has no {split!r} documents; prepare it with --val_fraction > 0")
+        dtype = self.dtype
+        return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards)).map(
+            lambda record: np.frombuffer(record, dtype).astype(np.int32))
+
+    def eval_sequences(self, length: int, num_sequences: int) -> np.ndarray:
+        """``num_sequences`` rows of ``length + 1`` tokens: held-out documents concatenated in order."""
+        needed, chunks, have = num_sequences * (length + 1), [], 0
+        for doc in self.documents("val"):
+            chunks.append(doc)
+            have += len(doc)
+            if have >= needed:
+                break
+        n = min(num_sequences, have // (length + 1))
+        if n == 0:
+            raise ConfigError(f"the held-out split of {self.path} has {have} tokens, too few for a sequence of "
+                              f"{length}; prepare it with a larger --val_fraction")
+        return np.concatenate(chunks)[: n * (length + 1)].reshape(n, length + 1)
 
 
-def python_stdlib_documents(val_fraction: float) -> dict[str, list[np.ndarray]]:
-    """The standard library's top-level .py files as byte-token documents, split by a hash of the name."""
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(root.glob("*.py"))
-    if not files:
-        raise ConfigError(f"no .py files under {root}; set config.data.source to another corpus")
-    splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    for f in files:
-        held_out = zlib.crc32(f.name.encode()) % 1000 < val_fraction * 1000
-        splits["val" if held_out else "train"].append(encode_bytes(f.read_bytes()))
-    return splits
-
-
-def load_documents(data_cfg) -> dict[str, list[np.ndarray]]:
+def open_corpus(data_cfg) -> Corpus:
     if data_cfg.source == "python_stdlib":
-        return python_stdlib_documents(data_cfg.val_fraction)
-    raise ConfigError(f"config.data.source={data_cfg.source!r} is not known; use 'python_stdlib'")
+        return Corpus(python_stdlib_corpus(data_cfg.val_fraction))
+    if data_cfg.source == "arrayrecord":
+        if not data_cfg.path:
+            raise ConfigError("config.data.path is empty: prepare a dataset with launch/prepare_data.py --out=DIR "
+                              "and pass --config.data.path=DIR")
+        return Corpus(data_cfg.path)
+    raise ConfigError(f"config.data.source={data_cfg.source!r}; choose one of {SOURCES}")
 
 
-def train_dataset(documents, *, seq_len: int, batch_per_process: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-    """Batches of ``{"tokens": int32 [batch_per_process, seq_len + 1]}``, infinite, reshuffled each epoch."""
-    ds = grain.MapDataset.source(documents).shuffle(seed=seed)
-    ds = ds[process_index::process_count].repeat(None)
-    ds = ds.map(lambda doc: {"tokens": np.asarray(doc, np.int32)}).to_iter_dataset()
+def python_stdlib_corpus(val_fraction: float) -> pathlib.Path:
+    """The standard library's top-level .py files as a byte-level corpus, prepared once into a cache."""
+    cache_root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "drope_jax"
+    target = cache_root / f"python{sys.version_info.major}.{sys.version_info.minor}_stdlib_bytes_val{val_fraction}"
+    if (target / prepare.METADATA).is_file():
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    building = pathlib.Path(tempfile.mkdtemp(dir=cache_root, prefix=".building-"))
+    stdlib = sysconfig.get_paths()["stdlib"]
+    prepare.prepare(os.path.join(stdlib, "*.py"), "text", "bytes", str(building), val_fraction=val_fraction,
+                    progress=lambda _: None)
+    try:
+        os.rename(building, target)  # atomic: a concurrent builder that lost the race just discards its copy
+    except OSError:
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def document_stream(documents: grain.MapDataset, *, seed: int, process_index: int = 0,
+                    process_count: int = 1) -> grain.MapDataset:
+    """This process's documents, in an order reshuffled every epoch; infinite."""
+    return documents.shuffle(seed=seed)[process_index::process_count].repeat(None)
+
+
+def train_dataset(documents: grain.MapDataset, *, seq_len: int, batch_per_process: int, seed: int,
+                  process_index: int = 0, process_count: int = 1,
+                  document_masking: bool = False) -> grain.IterDataset:
+    """Batches of ``{"tokens": int32 [batch, seq_len + 1]}``; with ``document_masking`` also
+    ``segment_ids`` and per-document ``positions`` of the same shape."""
+    ds = document_stream(documents, seed=seed, process_index=process_index, process_count=process_count)
+    ds = ds.map(lambda doc: {"tokens": doc}).to_iter_dataset()
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-    ds = ds.map(lambda ex: {"tokens": ex["tokens"]})
+    if document_masking:
+        ds = ds.map(lambda ex: {"tokens": ex["tokens"], "segment_ids": ex["tokens_segment_ids"],
+                                "positions": ex["tokens_positions"]})
+    else:
+        ds = ds.map(lambda ex: {"tokens": ex["tokens"]})
     return ds.batch(batch_per_process, drop_remainder=True)
-
-
-def eval_sequences(documents, length: int, num_sequences: int) -> np.ndarray:
-    """``num_sequences`` rows of ``length + 1`` tokens from held-out documents concatenated in order."""
-    stream = np.concatenate(documents)
-    available = len(stream) // (length + 1)
-    if available == 0:
-        raise ConfigError(f"the held-out split has {len(stream)} tokens, too few for one sequence of {length}")
-    n = min(num_sequences, available)
-    return stream[: n * (length + 1)].reshape(n, length + 1)

@@ -68,7 +68,7 @@ class Attention(nnx.Module):
         b, t, n, h = x_BTNH.shape  # "proj": one norm over all heads, before the split
         return norm(x_BTNH.reshape(b, t, n * h)).reshape(b, t, n, h)
 
-    def __call__(self, x_BTD, positions_BT, pos: PosEncoding, use_qk_norm: bool):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool):
         dt = x_BTD.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
         k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
@@ -81,7 +81,7 @@ class Attention(nnx.Module):
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
         q_BTNH = constrain(encode(pos, q_BTNH, positions_BT, self.cfg.rope_theta), ("batch", "seq", "act_heads", None))
         k_BTKH = constrain(encode(pos, k_BTKH, positions_BT, self.cfg.rope_theta), ("batch", "seq", "act_kv_heads", None))
-        out_BTNH = causal_attention(q_BTNH, k_BTKH, v_BTKH)
+        out_BTNH = causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
         return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dt))
 
 
@@ -107,8 +107,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_BTD, positions_BT, pos: PosEncoding, use_qk_norm: bool):
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, pos, use_qk_norm)
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool):
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm)
         x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
         return constrain(x_BTD, ("batch", "seq", "act_embed"))
 
@@ -128,9 +128,13 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
-    def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, use_qk_norm: bool = True):
-        """Logits [B, T, V] in the compute dtype. ``use_qk_norm=False`` skips QK-norm weights that exist
-        but are not yet switched on (a run that adds QK-norm at the flip)."""
+    def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, segment_ids_BT=None,
+                 use_qk_norm: bool = True):
+        """Logits [B, T, V] in the compute dtype.
+
+        ``positions_BT`` defaults to 0..T-1 in every row; ``segment_ids_BT`` confines attention to each
+        packed document. ``use_qk_norm=False`` skips QK-norm weights that exist but are not yet
+        switched on (a run that adds QK-norm at the flip)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         if positions_BT is None:
@@ -140,7 +144,7 @@ class Transformer(nnx.Module):
         graphdef, layers = nnx.split(self.blocks)
 
         def layer(x_BTD, layer_state):
-            return nnx.merge(graphdef, layer_state)(x_BTD, positions_BT, pos, use_qk_norm), None
+            return nnx.merge(graphdef, layer_state)(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm), None
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT[cfg.remat], prevent_cse=False)

@@ -24,9 +24,10 @@ def default_config() -> ml_collections.ConfigDict:
         tie_embeddings=False, rope_theta=10000.0, norm_eps=1e-5, qk_norm="none",
         param_dtype="float32", compute_dtype="bfloat16", remat="none", init_std=0.02))
     c.data = ml_collections.ConfigDict(dict(
-        source="python_stdlib",  # "python_stdlib": the standard library's own source, as bytes
+        source="python_stdlib",  # or "arrayrecord": a directory written by launch/prepare_data.py
         path="",
         seq_len=128,
+        document_masking=False,  # True: tokens attend only within their own packed document
         shuffle_seed=0,
         val_fraction=0.05,
     ))
@@ -118,6 +119,4 @@ def make_plan(c: ml_collections.ConfigDict, num_data_devices: int | None = None)
                           f"of {total} steps (config.train.total_tokens/total_steps)")
     if c.drope.qk_norm_at_flip and (model.qk_norm == "none" or flip is None):
         raise ConfigError("config.drope.qk_norm_at_flip needs config.model.qk_norm ('proj' or 'head') and a flip")
-    if c.data.source == "python_stdlib" and model.vocab_size < 257:
-        raise ConfigError(f"config.model.vocab_size ({model.vocab_size}) is smaller than the byte vocab (257)")
     return Plan(model=model, tokens_per_step=tokens_per_step, total_steps=total, flip_step=flip)

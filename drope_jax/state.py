@@ -40,8 +40,10 @@ def init_params(spec: ModelSpec, seed: int, mesh) -> dict:
     return jax.jit(init, out_shardings=spec.shardings(mesh))()
 
 
-def apply(spec: ModelSpec, params: dict, tokens_BT, pos, *, use_qk_norm: bool = True, positions_BT=None):
-    return nnx.merge(spec.graphdef, params)(tokens_BT, pos, positions_BT=positions_BT, use_qk_norm=use_qk_norm)
+def apply(spec: ModelSpec, params: dict, tokens_BT, pos, *, use_qk_norm: bool = True, positions_BT=None,
+          segment_ids_BT=None):
+    return nnx.merge(spec.graphdef, params)(tokens_BT, pos, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
+                                            use_qk_norm=use_qk_norm)
 
 
 def token_nll(logits_BTV, targets_BT):

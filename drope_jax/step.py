@@ -31,30 +31,35 @@ def state_shardings(spec: ModelSpec, tx, mesh):
     return {"params": param_sh, "opt_state": opt_sh, "step": replicated}
 
 
-def loss_fn(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool):
-    logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm)
-    return jnp.mean(token_nll(logits_BTV, tokens_BT1[:, 1:]))
+def loss_fn(params, batch, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool):
+    """Mean next-token loss of a batch ``{"tokens": [B, T+1]}`` (plus ``segment_ids``/``positions``
+    of the same shape when documents are masked from each other)."""
+    inputs = {k: v[:, :-1] for k, v in batch.items()}
+    logits_BTV = apply(spec, params, inputs["tokens"], pos, use_qk_norm=use_qk_norm,
+                       positions_BT=inputs.get("positions"), segment_ids_BT=inputs.get("segment_ids"))
+    return jnp.mean(token_nll(logits_BTV, batch["tokens"][:, 1:]))
 
 
 def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm: bool, grad_accum: int = 1):
-    """A pure ``(state, tokens_BT1) -> (state, metrics)``; tokens hold T+1 tokens per row."""
+    """A pure ``(state, batch) -> (state, metrics)``; see ``loss_fn`` for the batch."""
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, spec=spec, pos=pos, use_qk_norm=use_qk_norm))
 
-    def step(state, tokens_BT1):
+    def step(state, batch):
         params = state["params"]
         if grad_accum == 1:
-            loss, grads = grad_fn(params, tokens_BT1)
+            loss, grads = grad_fn(params, batch)
         else:
-            micro_ABT1 = tokens_BT1.reshape(grad_accum, -1, tokens_BT1.shape[-1])
+            # Microbatch a takes rows a, a+A, a+2A, ...: every device keeps an equal share of each one.
+            micro_batches = jax.tree.map(lambda x: x.reshape(-1, grad_accum, x.shape[-1]).swapaxes(0, 1), batch)
 
-            def accumulate(carry, micro_BT1):
+            def accumulate(carry, micro_batch):
                 loss_sum, grad_sum = carry
-                micro_BT1 = sharding.constrain(micro_BT1, ("batch", None))
-                loss, grads = grad_fn(params, micro_BT1)
+                micro_batch = jax.tree.map(lambda x: sharding.constrain(x, ("batch", None)), micro_batch)
+                loss, grads = grad_fn(params, micro_batch)
                 return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), micro_ABT1)
+            (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), micro_batches)
             loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
 
         grad_norm = optax.tree.norm(grads)

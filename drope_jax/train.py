@@ -48,11 +48,15 @@ def run(config, workdir) -> dict:
             raise ConfigError(f"{workdir} was trained with the flip at step {meta['flip_step']}, the config says "
                               f"{plan.flip_step}; restore config.drope or use a new --workdir")
 
-    docs = data.load_documents(config.data)
+    corpus = data.open_corpus(config.data)
+    if corpus.vocab_size > plan.model.vocab_size:
+        raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
+                          f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
     batch_per_process = config.train.global_batch_size // jax.process_count()
     data_iter = iter(data.train_dataset(
-        docs["train"], seq_len=config.data.seq_len, batch_per_process=batch_per_process,
-        seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count()))
+        corpus.documents("train"), seq_len=config.data.seq_len, batch_per_process=batch_per_process,
+        seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        document_masking=config.data.document_masking))
 
     spec = model_spec(plan.model)
     tx = optim.make_optimizer(config.optim)
@@ -84,7 +88,7 @@ def run(config, workdir) -> dict:
             log(f"stopped at step {end_step} (config.train.stop_at_step); relaunch the same command to continue")
             ckpt.close()
             return {}
-        result = final_eval(config, plan, spec, ckpt, docs["val"], mesh)
+        result = final_eval(config, plan, spec, ckpt, corpus, mesh)
     ckpt.close()
     if jax.process_index() == 0:
         (workdir / "eval.json").write_text(json.dumps(result, indent=1))
@@ -151,9 +155,9 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
                 state = apply_flip(config, state, tx, state_sh, step)
             elif step % config.checkpoint.every_steps == 0 and step != start_step:
                 save(step)
-            tokens = sharding.host_batch_to_global(next(data_iter)["tokens"], mesh)
+            batch = jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), next(data_iter))
             phase = plan.phase(step)
-            state, device_metrics = step_fn(phase)(state, tokens)
+            state, device_metrics = step_fn(phase)(state, batch)
             if pending is not None:
                 finish(*pending)
             pending = (step, phase, device_metrics)
@@ -178,7 +182,7 @@ def apply_flip(config, state, tx, state_sh, step: int):
     return state
 
 
-def final_eval(config, plan: Plan, spec, ckpt, val_docs, mesh) -> dict:
+def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh) -> dict:
     """Held-out perplexity at each context multiple, for the last RoPE-phase model and the final one."""
     seq_len = config.data.seq_len
     models = []
@@ -195,7 +199,7 @@ def final_eval(config, plan: Plan, spec, ckpt, val_docs, mesh) -> dict:
     header = f"{'held-out perplexity':<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))
     rows = [header]
     for name, params, pos, use_qk in models:
-        ppl = [evaluation.perplexity(spec, params, data.eval_sequences(val_docs, n, config.eval.num_sequences), pos,
+        ppl = [evaluation.perplexity(spec, params, corpus.eval_sequences(n, config.eval.num_sequences), pos,
                                      use_qk_norm=use_qk, batch_size=config.eval.batch_size) for n in lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
         rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))

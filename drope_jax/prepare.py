@@ -1,0 +1,176 @@
+"""Tokenize a corpus once into ArrayRecord shards: one document per record, EOS appended, no BOS.
+
+Output in ``out``: ``{train,val}-NNNNN.array_record`` (one pair per input file, written in
+parallel) and ``metadata.json`` (tokenizer, vocab size, EOS id, token dtype, counts and the
+shard list). Every file is written under a temporary name and renamed when complete, and
+``metadata.json`` comes last, so an interrupted run leaves nothing that reads as whole and a
+rerun simply redoes the work.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob as globlib
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import time
+import zlib
+
+import numpy as np
+
+from drope_jax.model_config import ConfigError
+from drope_jax.tokenizer import load_tokenizer, token_dtype
+
+FORMATS = ("text", "jsonl", "parquet")
+METADATA = "metadata.json"
+SHARD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for the global shuffle
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def is_val(doc_key: str, val_fraction: float) -> bool:
+    """A stable, order-independent split: the same document lands in the same split on every rerun."""
+    return zlib.crc32(doc_key.encode()) % 1_000_000 < val_fraction * 1_000_000
+
+
+def iter_documents(path: str, fmt: str, text_field: str):
+    """Yields (key, text). JSONL lines without the text field are skipped and counted (key None)."""
+    name = os.path.basename(path)
+    if fmt == "text":
+        yield name, _read_utf8(path)
+    elif fmt == "jsonl":
+        for line_no, line in enumerate(_read_utf8(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{line_no} is not valid JSON ({e.msg}); fix or remove the line") from None
+            text = record.get(text_field) if isinstance(record, dict) else None
+            yield (f"{name}:{line_no}", text) if isinstance(text, str) else (None, None)
+    elif fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError("--format=parquet needs pyarrow: pip install -e '.[parquet]'") from None
+        table = pq.read_table(path)
+        if text_field not in table.column_names:
+            raise ConfigError(f"{path} has no column {text_field!r} (columns: {table.column_names}); "
+                              "set --text_field")
+        for row, text in enumerate(table.column(text_field).to_pylist()):
+            yield (f"{name}:{row}", text) if isinstance(text, str) else (None, None)
+    else:
+        raise ConfigError(f"--format={fmt!r}; choose one of {FORMATS}")
+
+
+def _read_utf8(path: str) -> str:
+    try:
+        return pathlib.Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); convert it or leave it out of --input") from None
+
+
+def _write_shard(path: pathlib.Path, records: list[bytes]) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = path.with_name(path.name + ".tmp")
+    writer = ArrayRecordWriter(str(tmp), SHARD_OPTIONS)
+    for r in records:
+        writer.write(r)
+    writer.close()
+    os.replace(tmp, path)
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_spec: str, eos_token: str | None) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(tokenizer_spec, eos_token)
+
+
+def _prepare_file(job) -> dict:
+    index, path, fmt, text_field, out, val_fraction = job
+    tok = _worker_tokenizer
+    dtype = token_dtype(tok.vocab_size)
+    records = {"train": [], "val": []}
+    stats = {"train": {"documents": 0, "tokens": 0}, "val": {"documents": 0, "tokens": 0}, "skipped": 0}
+    for key, text in iter_documents(path, fmt, text_field):
+        if key is None:
+            stats["skipped"] += 1
+            continue
+        ids = np.append(tok.encode(text), tok.eos_id).astype(dtype)
+        split = "val" if is_val(key, val_fraction) else "train"
+        records[split].append(ids.tobytes())
+        stats[split]["documents"] += 1
+        stats[split]["tokens"] += len(ids)
+    stats["shards"] = {}
+    for split, recs in records.items():
+        if recs:
+            name = f"{split}-{index:05d}.array_record"
+            _write_shard(pathlib.Path(out) / name, recs)
+            stats["shards"][split] = name
+    return stats
+
+
+def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction: float = 0.01,
+            text_field: str = "text", num_workers: int | None = None, eos_token: str | None = None,
+            progress=print) -> dict:
+    """Tokenizes every file matching ``input_glob`` into ``out``; returns the metadata it wrote."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format={fmt!r}; choose one of {FORMATS}")
+    files = sorted(f for f in globlib.glob(input_glob, recursive=True) if os.path.isfile(f))
+    if not files:
+        raise ConfigError(f"--input={input_glob!r} matches no files")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val_fraction={val_fraction} must be in [0, 1)")
+    tok = load_tokenizer(tokenizer, eos_token)  # fails here, before any worker starts, on a bad tokenizer
+    out_dir = pathlib.Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / METADATA).unlink(missing_ok=True)  # the directory reads as incomplete until we finish
+
+    jobs = [(i, f, fmt, text_field, str(out_dir), val_fraction) for i, f in enumerate(files)]
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
+    totals = {"train": {"documents": 0, "tokens": 0, "shards": []}, "val": {"documents": 0, "tokens": 0, "shards": []}}
+    skipped, start = 0, time.time()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer, eos_token)) as pool:
+        for done, stats in enumerate(pool.imap_unordered(_prepare_file, jobs), 1):
+            for split in ("train", "val"):
+                totals[split]["documents"] += stats[split]["documents"]
+                totals[split]["tokens"] += stats[split]["tokens"]
+                if split in stats["shards"]:
+                    totals[split]["shards"].append(stats["shards"][split])
+            skipped += stats["skipped"]
+            docs = totals["train"]["documents"] + totals["val"]["documents"]
+            tokens = totals["train"]["tokens"] + totals["val"]["tokens"]
+            elapsed = max(time.time() - start, 1e-9)
+            progress(f"files {done}/{len(files)} | {docs:,} docs | {tokens:,} tokens | "
+                     f"{docs / elapsed:,.0f} docs/s | {tokens / elapsed / 1e6:,.2f}M tokens/s")
+    for split in totals:
+        totals[split]["shards"].sort()
+    if not totals["train"]["documents"]:
+        raise ConfigError(f"--input={input_glob!r} gave no training documents (skipped {skipped})")
+
+    metadata = {
+        "format": "drope_jax.tokenized.v1",
+        "tokenizer": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "bos_id": None,
+        "token_dtype": token_dtype(tok.vocab_size).name,
+        "splits": totals, "skipped_documents": skipped,
+        "source": {"input": input_glob, "format": fmt, "text_field": text_field, "val_fraction": val_fraction},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if hasattr(tok, "source_dir"):  # keep the tokenizer beside the data, for export and evaluation
+        (out_dir / "tokenizer").mkdir(exist_ok=True)
+        for name in TOKENIZER_FILES:
+            if (tok.source_dir / name).is_file():
+                shutil.copy(tok.source_dir / name, out_dir / "tokenizer" / name)
+        metadata["tokenizer_dir"] = "tokenizer"
+    tmp = out_dir / (METADATA + ".tmp")
+    tmp.write_text(json.dumps(metadata, indent=1))
+    os.replace(tmp, out_dir / METADATA)
+    if skipped:
+        progress(f"skipped {skipped:,} records without a {text_field!r} text field (counted in metadata.json)")
+    return metadata
