@@ -20,6 +20,8 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # torch pinned: this exact version installs a CPU build; an unpinned one pulls GBs of CUDA wheels
+        "hf": ["torch==2.13.0", "transformers>=5.0", "safetensors"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors"],
     },
 )

@@ -13,18 +13,17 @@ import math
 import pathlib
 import shutil
 
-import jax
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from drope_jax import checkpoint, data, sharding
+from drope_jax import checkpoint, sharding
 from drope_jax.hf import configs, load, weights
 from drope_jax.model_config import ModelConfig
-from drope_jax.state import model_spec
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 MAX_SHARD_BYTES = 5 * 2**30
+BYTE_VOCAB, BYTE_EOS = 257, 256  # the byte-level tokenizer: bytes 0-255, then EOS
 MODELING_FILE = pathlib.Path(__file__).with_name(f"{configs.REMOTE_CODE_MODULE}.py")
 
 
@@ -72,8 +71,8 @@ def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = configs.token_ids(source_dir) if source_dir else {}
-    if not ids and cfg.vocab_size == data.BYTE_VOCAB:
-        ids = {"eos_token_id": data.BYTE_EOS}  # the byte-level corpus: EOS after every document, no BOS
+    if not ids and cfg.vocab_size == BYTE_VOCAB:
+        ids = {"eos_token_id": BYTE_EOS}  # the byte-level corpus: EOS after every document, no BOS
     max_pos = (configs.read_config_json(source_dir).get("max_position_embeddings", 2048)
                if source_dir and (pathlib.Path(source_dir) / "config.json").is_file() else 2048)
     hf_cfg = configs.hf_config(cfg, position=position, qk_norm_active=qk_norm_active, dtype=dtype, ids=ids,
@@ -100,7 +99,7 @@ def _write_generation_config(out: pathlib.Path, source_dir, ids: dict) -> None:
 
 
 def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "float32", source_dir=None,
-                      log=print) -> dict:
+                      max_shard_bytes: int = MAX_SHARD_BYTES, log=print) -> dict:
     """Exports checkpoint ``step`` (default: the newest) of ``workdir``. The phase and whether QK-norm was in
     use come from the checkpoint's metadata. ``source_dir`` defaults to ``workdir/hf_source`` when an import
     made it."""
@@ -112,18 +111,16 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
         raise configs.HFFormatError(f"{workdir}/checkpoints has no checkpoint at step {step}; it has {steps}")
     meta = ckpt.meta(step)
     cfg = ModelConfig.from_dict(meta["model"])
-    spec = model_spec(cfg)
-    mesh = sharding.make_mesh()
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            spec.abstract_params, spec.shardings(mesh))
-    params = ckpt.restore_params(step, abstract)
+    params = ckpt.restore_params(step, load.placed_abstract(cfg, sharding.make_mesh()))
     ckpt.close()
     # A run that switches QK-norm on at the flip trains its RoPE phase without it.
     qk_active = not (meta.get("qk_norm_at_flip") and meta["phase"] == "rope")
     if source_dir is None and (workdir / load.SOURCE_DIR).is_dir():
         source_dir = workdir / load.SOURCE_DIR
     hf_cfg = export_params(params, cfg, out, position=meta["phase"], qk_norm_active=qk_active, dtype=dtype,
-                           source_dir=source_dir)
+                           source_dir=source_dir, max_shard_bytes=max_shard_bytes)
+    if hf_cfg["eos_token_id"] is None:
+        log("no tokenizer given (--tokenizer): bos/eos/pad ids are unset in config.json")
     log(f"exported {workdir} step {step} ({meta['phase']} phase) to {out} as {hf_cfg['architectures'][0]}"
         + (f" (attention_type {hf_cfg['attention_type']}; load with trust_remote_code=True)"
            if "auto_map" in hf_cfg else ""))

@@ -72,6 +72,24 @@ def read_params(hf_dir, source: configs.HFSource, cfg: ModelConfig, abstract: di
     return traverse_util.unflatten_dict(loaded, sep="/")
 
 
+def placed_abstract(cfg: ModelConfig, mesh) -> dict:
+    spec = model_spec(cfg)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        spec.abstract_params, spec.shardings(mesh))
+
+
+def load_hf(hf_dir, cfg: ModelConfig | None = None, *, mesh=None, log=print) -> tuple[dict, configs.HFSource]:
+    """Parameters of a Hugging Face checkpoint, sharded over ``mesh`` (default: all devices, FSDP), and what
+    the checkpoint is. ``cfg`` defaults to the one config.json gives; another one must fit it."""
+    source = configs.read_source(hf_dir)
+    if cfg is None:
+        cfg = source.model
+    else:
+        check_fits(source, cfg, str(hf_dir))
+    abstract = placed_abstract(cfg, sharding.make_mesh() if mesh is None else mesh)
+    return read_params(hf_dir, source, cfg, abstract, log=log), source
+
+
 def load_params(hf_dir, cfg: ModelConfig, fresh_params: dict, log=print) -> dict:
     """``init_from="hf:DIR"``: parameters placed like ``fresh_params``, after checking ``cfg`` fits."""
     source = configs.read_source(hf_dir)
@@ -90,18 +108,15 @@ def import_to_workdir(hf_dir, workdir, *, param_dtype: str = "float32", log=prin
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
     if ckpt.latest_step() is not None:
         raise configs.HFFormatError(f"{workdir} already holds checkpoints; choose a new --workdir")
-    source = configs.read_source(hf_dir)
-    cfg = ModelConfig.from_dict({**source.model.to_dict(), "param_dtype": param_dtype}).validate()
-    spec = model_spec(cfg)
-    mesh = sharding.make_mesh()
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            spec.abstract_params, spec.shardings(mesh))
-    params = read_params(hf_dir, source, cfg, abstract, log=log)
+    cfg = ModelConfig.from_dict({**configs.read_source(hf_dir).model.to_dict(), "param_dtype": param_dtype})
+    params, source = load_hf(hf_dir, cfg, log=log)
     meta = {"step": 0, "phase": source.position, "flip_step": None, "tokens": 0, "model": cfg.to_dict(),
             "hf_source": str(pathlib.Path(hf_dir).absolute())}
     ckpt.save(0, {"params": params}, {}, meta)
     ckpt.wait()
     ckpt.close()
+    if jax.process_index() != 0:
+        return cfg
     (workdir / SOURCE_DIR).mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if (pathlib.Path(hf_dir) / name).is_file():
