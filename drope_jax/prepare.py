@@ -1,7 +1,7 @@
 """Tokenize a corpus once into ArrayRecord shards: one document per record, EOS appended, no BOS.
 
-Output in ``out``: ``{train,val}-NNNNN.array_record`` (one pair per input file, written in
-parallel) and ``metadata.json`` (tokenizer, vocab size, EOS id, token dtype, counts and the
+Output in ``out``: ``{train,val}-NNNNN.array_record`` (one pair per group of input files,
+written in parallel) and ``metadata.json`` (tokenizer, vocab size, EOS id, token dtype, counts and the
 shard list). Every file is written under a temporary name and renamed when complete, and
 ``metadata.json`` comes last, so an interrupted run leaves nothing that reads as whole and a
 rerun simply redoes the work.
@@ -26,6 +26,7 @@ from drope_jax.tokenizer import load_tokenizer, token_dtype
 
 FORMATS = ("text", "jsonl", "parquet")
 METADATA = "metadata.json"
+SHARD_BYTES = 256 * 2**20  # input bytes per shard, at most, for large corpora
 SHARD_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for the global shuffle
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
 
@@ -91,13 +92,14 @@ def _init_worker(tokenizer_spec: str, eos_token: str | None) -> None:
     _worker_tokenizer = load_tokenizer(tokenizer_spec, eos_token)
 
 
-def _prepare_file(job) -> dict:
-    index, path, fmt, text_field, out, val_fraction = job
+def _prepare_shard(job) -> dict:
+    """Tokenizes a group of input files into one train and one val shard."""
+    index, paths, fmt, text_field, out, val_fraction = job
     tok = _worker_tokenizer
     dtype = token_dtype(tok.vocab_size)
     records = {"train": [], "val": []}
     stats = {"train": {"documents": 0, "tokens": 0}, "val": {"documents": 0, "tokens": 0}, "skipped": 0}
-    for key, text in iter_documents(path, fmt, text_field):
+    for key, text in (doc for path in paths for doc in iter_documents(path, fmt, text_field)):
         if key is None:
             stats["skipped"] += 1
             continue
@@ -113,6 +115,23 @@ def _prepare_file(job) -> dict:
             _write_shard(pathlib.Path(out) / name, recs)
             stats["shards"][split] = name
     return stats
+
+
+def _total_bytes(files) -> int:
+    return sum(os.path.getsize(f) for f in files)
+
+
+def _group_by_size(files: list[str], num_groups: int) -> list[list[str]]:
+    """Consecutive files in ``num_groups`` groups of roughly equal bytes."""
+    target = _total_bytes(files) / max(num_groups, 1)
+    groups, current, size = [], [], 0
+    for f in files:
+        current.append(f)
+        size += os.path.getsize(f)
+        if size >= target and len(groups) < num_groups - 1:
+            groups.append(current)
+            current, size = [], 0
+    return groups + ([current] if current else [])
 
 
 def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction: float = 0.01,
@@ -131,13 +150,14 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METADATA).unlink(missing_ok=True)  # the directory reads as incomplete until we finish
 
-    jobs = [(i, f, fmt, text_field, str(out_dir), val_fraction) for i, f in enumerate(files)]
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
+    groups = _group_by_size(files, min(len(files), max(16 * workers, _total_bytes(files) // SHARD_BYTES)))
+    jobs = [(i, group, fmt, text_field, str(out_dir), val_fraction) for i, group in enumerate(groups)]
     totals = {"train": {"documents": 0, "tokens": 0, "shards": []}, "val": {"documents": 0, "tokens": 0, "shards": []}}
-    skipped, start = 0, time.time()
+    skipped, start, last_report = 0, time.time(), 0.0
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer, eos_token)) as pool:
-        for done, stats in enumerate(pool.imap_unordered(_prepare_file, jobs), 1):
+        for done, stats in enumerate(pool.imap_unordered(_prepare_shard, jobs), 1):
             for split in ("train", "val"):
                 totals[split]["documents"] += stats[split]["documents"]
                 totals[split]["tokens"] += stats[split]["tokens"]
@@ -147,8 +167,10 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
             docs = totals["train"]["documents"] + totals["val"]["documents"]
             tokens = totals["train"]["tokens"] + totals["val"]["tokens"]
             elapsed = max(time.time() - start, 1e-9)
-            progress(f"files {done}/{len(files)} | {docs:,} docs | {tokens:,} tokens | "
-                     f"{docs / elapsed:,.0f} docs/s | {tokens / elapsed / 1e6:,.2f}M tokens/s")
+            if time.time() - last_report > 1 or done == len(jobs):
+                last_report = time.time()
+                progress(f"shards {done}/{len(jobs)} | {docs:,} docs | {tokens:,} tokens | "
+                         f"{docs / elapsed:,.0f} docs/s | {tokens / elapsed / 1e6:,.2f}M tokens/s")
     for split in totals:
         totals[split]["shards"].sort()
     if not totals["train"]["documents"]:

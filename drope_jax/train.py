@@ -37,6 +37,10 @@ def run(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(**config.mesh)
     plan = make_plan(config, num_data_devices=mesh.shape["data"] * mesh.shape["fsdp"])
+    corpus = data.open_corpus(config.data)
+    if corpus.vocab_size > plan.model.vocab_size:
+        raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
+                          f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
                                    preserve_steps=[] if plan.flip_step is None else [plan.flip_step],
                                    async_save=config.checkpoint.async_save)
@@ -48,10 +52,6 @@ def run(config, workdir) -> dict:
             raise ConfigError(f"{workdir} was trained with the flip at step {meta['flip_step']}, the config says "
                               f"{plan.flip_step}; restore config.drope or use a new --workdir")
 
-    corpus = data.open_corpus(config.data)
-    if corpus.vocab_size > plan.model.vocab_size:
-        raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
-                          f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
     batch_per_process = config.train.global_batch_size // jax.process_count()
     data_iter = iter(data.train_dataset(
         corpus.documents("train"), seq_len=config.data.seq_len, batch_per_process=batch_per_process,
