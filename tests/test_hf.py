@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import runpy
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ from drope_jax import checkpoint, hf, sharding, state, train
 from drope_jax.hf import configs, load, modeling_drope
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.positions import NOPE, ROPE
-from drope_jax.run_config import default_config
+from drope_jax.run_config import default_config, make_plan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 V, D, LAYERS, F, HEADS = 300, 64, 2, 128, 4
@@ -38,12 +39,12 @@ NEW_TOKENS = 4
 TOL = 1e-4
 POS = {"rope": ROPE, "nope": NOPE}
 
-HF_CLASSES = {  # model_type -> (config class, model class, position mode, loads without remote code)
-    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, "rope"),
-    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, "rope"),
-    "smollm3": (transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM, None),
-    "llama_drope": (modeling_drope.DroPELlamaConfig, modeling_drope.DroPELlamaForCausalLM, "nope"),
-    "qwen2_drope": (modeling_drope.DroPEQwen2Config, modeling_drope.DroPEQwen2ForCausalLM, "nope"),
+HF_CLASSES = {  # model_type -> (config class, model class); the *_drope ones stand for the official format
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    "smollm3": (transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM),
+    "llama_drope": (modeling_drope.DroPELlamaConfig, modeling_drope.DroPELlamaForCausalLM),
+    "qwen2_drope": (modeling_drope.DroPEQwen2Config, modeling_drope.DroPEQwen2ForCausalLM),
 }
 
 
@@ -58,7 +59,7 @@ def randomize_(model, seed: int):
 
 
 def make_hf(model_type: str, path, *, kv_heads=2, tied=False, theta=500.0, seed=0, **extra):
-    config_cls, model_cls, _ = HF_CLASSES[model_type]
+    config_cls, model_cls = HF_CLASSES[model_type]
     config = config_cls(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=LAYERS,
                         num_attention_heads=HEADS, num_key_value_heads=kv_heads, rms_norm_eps=1e-5,
                         rope_theta=theta, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=0,
@@ -394,9 +395,6 @@ def test_model_fields_fill_a_run_config(tmp_path):
 @pytest.mark.parametrize("name", ["smollm_360m_drope", "smollm_360m_drope_qk_norm", "smollm_1p7b_drope",
                                   "smollm_1p7b_drope_qk_norm", "llama2_7b_drope", "llama2_7b_drope_qk_norm"])
 def test_recalibration_configs_follow_the_recipe(name):
-    from drope_jax.run_config import make_plan
-    import runpy
-
     c = runpy.run_path(str(REPO / "configs" / f"{name}.py"))["get_config"]("/models/x")
     plan = make_plan(c)
     assert c.init_from == "hf:/models/x" and plan.flip_step == 0
