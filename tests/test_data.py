@@ -1,0 +1,174 @@
+"""The input pipeline: preparation, exact resume, per-process sharding, packing and bad input."""
+
+import json
+
+import grain
+import numpy as np
+import pytest
+
+from drope_jax import data, prepare, train
+from drope_jax.model_config import ConfigError
+from drope_jax.tokenizer import ByteTokenizer
+
+from test_train import tiny_config
+
+
+def numbered_documents(n=23, seed=0):
+    """Documents whose tokens are globally unique, so every token can be traced to one place."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 40, size=n)
+    start = np.concatenate([[0], np.cumsum(lengths)])
+    return grain.MapDataset.source([np.arange(start[i], start[i + 1], dtype=np.int32) for i in range(n)])
+
+
+def take(iterator, n):
+    return [next(iterator)["tokens"].copy() for _ in range(n)]
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 4, 9])  # 9 batches span more than one epoch of these documents
+def test_resumed_stream_equals_uninterrupted_stream(interrupt_at):
+    ds = data.train_dataset(numbered_documents(), seq_len=15, batch_per_process=4, seed=3)
+    straight = take(iter(ds), 14)
+    first = iter(ds)
+    take(first, interrupt_at)
+    state = json.loads(json.dumps(first.get_state()))  # as it travels through a checkpoint
+    resumed = iter(ds)
+    resumed.set_state(state)
+    for i, batch in enumerate(take(resumed, 14 - interrupt_at)):
+        np.testing.assert_array_equal(batch, straight[interrupt_at + i])
+    total = sum(len(d) for d in numbered_documents())
+    assert 14 * 4 * 16 > total  # the stream really crossed an epoch boundary
+
+
+def test_each_epoch_is_reshuffled():
+    docs = numbered_documents()
+    stream = data.document_stream(docs, seed=1)
+    epoch1 = [int(stream[i][0]) for i in range(len(docs))]
+    epoch2 = [int(stream[len(docs) + i][0]) for i in range(len(docs))]
+    assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
+
+
+def test_processes_read_disjoint_parts_that_cover_the_dataset_once_per_epoch():
+    docs = numbered_documents(n=23)
+    per_process = len(docs) // 2 + 1
+    seen = []
+    for p in range(2):
+        stream = data.document_stream(docs, seed=5, process_index=p, process_count=2)
+        epoch_len = len(range(p, len(docs), 2))
+        seen.extend(int(stream[i][0]) for i in range(epoch_len))
+        assert epoch_len <= per_process
+    assert sorted(seen) == sorted(int(d[0]) for d in docs)
+
+
+def test_packing_loses_only_the_remainder():
+    docs = numbered_documents(n=20)
+    seq_len = 15
+    total = sum(len(d) for d in docs)
+    rows = take(iter(data.train_dataset(docs, seq_len=seq_len, batch_per_process=1, seed=0)),
+                total // (seq_len + 1) + 2)
+    rows = [r.ravel() for r in rows]
+    tokens = np.concatenate(rows)
+    first_epoch = tokens[tokens < total]
+    first_rows = total // (seq_len + 1)
+    within = np.concatenate(rows[:first_rows])
+    assert len(np.unique(within)) == len(within)  # nothing repeated within an epoch
+    assert set(within.tolist()) <= set(range(total))
+    assert total - len(within) <= seq_len  # only the remainder is not in a full row of the first epoch
+    assert len(np.unique(first_epoch)) == total  # and the remainder appears at the start of the next row
+
+
+def test_document_masking_yields_segments_and_positions():
+    ds = data.train_dataset(numbered_documents(), seq_len=31, batch_per_process=2, seed=0, document_masking=True)
+    batch = next(iter(ds))
+    assert set(batch) == {"tokens", "segment_ids", "positions"}
+    seg, pos, tok = batch["segment_ids"][0], batch["positions"][0], batch["tokens"][0]
+    starts = np.flatnonzero(np.diff(seg)) + 1
+    assert np.all(pos[starts] == 0) and np.all(np.diff(tok)[np.diff(seg) == 0] == 1)
+
+
+def write(path, text: bytes):
+    path.write_bytes(text)
+    return path
+
+
+def test_prepare_writes_documents_with_eos_and_metadata(tmp_path):
+    for i in range(5):
+        write(tmp_path / f"doc{i}.txt", f"document {i} ".encode() * (i + 1))
+    meta = prepare.prepare(str(tmp_path / "*.txt"), "text", "bytes", str(tmp_path / "out"), val_fraction=0.3,
+                           progress=lambda _: None)
+    corpus = data.Corpus(tmp_path / "out")
+    docs = [d for split in ("train", "val") if meta["splits"][split]["shards"] for d in corpus.documents(split)]
+    assert len(docs) == 5 and meta["splits"]["val"]["documents"] >= 1
+    assert all(d[-1] == ByteTokenizer.eos_id and ByteTokenizer.eos_id not in d[:-1] for d in docs)
+    texts = sorted(bytes(d[:-1].astype(np.uint8)).decode() for d in docs)
+    assert texts == sorted(f"document {i} " * (i + 1) for i in range(5))
+    assert meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"] == sum(len(d) for d in docs)
+    assert (meta["vocab_size"], meta["eos_id"], meta["token_dtype"], meta["bos_id"]) == (257, 256, "uint16", None)
+    # A rerun gives the same result, and leaves no temporary file listed.
+    again = prepare.prepare(str(tmp_path / "*.txt"), "text", "bytes", str(tmp_path / "out"), val_fraction=0.3,
+                            progress=lambda _: None)
+    assert again["splits"] == meta["splits"]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_jsonl_lines_without_the_text_field_are_skipped_and_counted(tmp_path):
+    lines = [{"text": "alpha"}, {"body": "no text here"}, {"text": "beta"}, {"text": 7}]
+    write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines).encode())
+    meta = prepare.prepare(str(tmp_path / "*.jsonl"), "jsonl", "bytes", str(tmp_path / "out"), val_fraction=0.0,
+                           progress=lambda _: None)
+    assert meta["skipped_documents"] == 2
+    assert meta["splits"]["train"]["documents"] == 2
+
+
+@pytest.mark.parametrize("make, fmt, message", [
+    (lambda d: None, "text", "matches no files"),
+    (lambda d: write(d / "bad.txt", b"caf\xe9 latin-1"), "text", "bad.txt is not UTF-8"),
+    (lambda d: write(d / "bad.txt", b'{"text": "ok"}\n{broken'), "jsonl", "bad.txt:2 is not valid JSON"),
+])
+def test_bad_input_is_named(tmp_path, make, fmt, message):
+    make(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        prepare.prepare(str(tmp_path / "*.txt"), fmt, "bytes", str(tmp_path / "out"), progress=lambda _: None)
+    assert not (tmp_path / "out" / prepare.METADATA).exists()
+
+
+def test_a_directory_without_metadata_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="has no metadata.json"):
+        data.Corpus(tmp_path)
+
+
+def test_a_dataset_with_a_larger_vocab_than_the_model_is_refused(tmp_path):
+    write(tmp_path / "a.txt", b"hello world " * 100)
+    prepare.prepare(str(tmp_path / "a.txt"), "text", "bytes", str(tmp_path / "out"), val_fraction=0.0,
+                    progress=lambda _: None)
+    c = tiny_config(model=dict(vocab_size=200), data=dict(source="arrayrecord", path=str(tmp_path / "out")))
+    with pytest.raises(ConfigError, match="vocab of 257, larger than config.model.vocab_size"):
+        train.run(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_local_bpe_tokenizer_works_end_to_end(tmp_path):
+    """Train a BPE tokenizer offline, prepare data with it, train and evaluate on it."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    words = np.random.default_rng(0).choice(["alpha", "beta", "gamma", "delta", "tau", "pi"], size=(60, 80))
+    for i, row in enumerate(words):
+        write(tmp_path / f"doc{i}.txt", " ".join(row).encode())
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([str(tmp_path / f"doc{i}.txt") for i in range(60)],
+              trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+
+    meta = prepare.prepare(str(tmp_path / "doc*.txt"), "text", str(tmp_path / "tokenizer.json"),
+                           str(tmp_path / "data"), val_fraction=0.2, progress=lambda _: None)
+    assert meta["eos_id"] == tok.token_to_id("<|endoftext|>") and meta["vocab_size"] == tok.get_vocab_size()
+    assert (tmp_path / "data" / "tokenizer" / "tokenizer.json").is_file()
+    c = tiny_config(model=dict(vocab_size=320), data=dict(source="arrayrecord", path=str(tmp_path / "data"),
+                                                          seq_len=16),
+                    train=dict(total_steps=10), drope=dict(flip_step=6))
+    result = train.run(c, tmp_path / "run")
+    assert all(np.isfinite(v) for r in result["perplexity"].values() for v in r.values())
