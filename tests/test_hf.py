@@ -295,6 +295,7 @@ LLAMA_JSON = {"model_type": "llama", "vocab_size": V, "hidden_size": D, "interme
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "linear"),
     ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window"),
     ({"model_type": "llama_drope", "attention_type": "q_norm_nope"}, "attention_type"),
+    ({"model_type": "llama_drope", "softmax_scale": 0.1}, "softmax_scale"),
 ])
 def test_unsupported_config_values_are_named(change, named):
     with pytest.raises(hf.HFFormatError, match=named):

@@ -25,6 +25,7 @@ FAMILIES = {
 # attention_type of the DroPE formats. "qk_norm_rope" is ours: a QK-norm model exported before its flip.
 ATTENTION_TYPES = {"nope": ("nope", "none"), "qk_norm_nope": ("nope", "proj"), "qk_norm_rope": ("rope", "proj")}
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
 class HFFormatError(ConfigError):
@@ -89,6 +90,9 @@ def _refuse_unsupported(c: dict, model_type: str) -> None:
         refuse("mlp_bias", "the model's MLP has no biases")
     if c.get("attention_bias") and not model_type.startswith("qwen2"):
         refuse("attention_bias", "the model has biases on q/k/v only (Qwen2), not on the output projection")
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    if c.get("softmax_scale") is not None and abs(c["softmax_scale"] - head_dim**-0.5) > 1e-9:
+        refuse("softmax_scale", f"the model's softmax scale is head_dim^-0.5 ({head_dim**-0.5:.6g})")
     if c.get("use_sliding_window") and "sliding_attention" in (c.get("layer_types") or ["sliding_attention"]):
         refuse("use_sliding_window", "the model has full causal attention in every layer")
 
@@ -99,6 +103,9 @@ def model_config_from_hf(c: dict) -> HFSource:
     if model_type not in FAMILIES:
         raise HFFormatError(f"config.json model_type={model_type!r} (architectures {c.get('architectures')}) is "
                             f"not supported; supported model_types: {supported_list()}")
+    missing = [k for k in REQUIRED_KEYS if k not in c]
+    if missing:
+        raise HFFormatError(f"config.json lacks {missing}")
     defaults = FAMILIES[model_type][1]
     _refuse_unsupported(c, model_type)
     position, qk_norm = _position_and_qk_norm(c, model_type)
