@@ -41,13 +41,13 @@ class Corpus:
         self.dtype = np.dtype(self.metadata["token_dtype"])
 
     def documents(self, split: str) -> grain.MapDataset:
-        """The split's documents as int32 arrays, in file order."""
+        """The split's documents as arrays of the stored dtype (uint16 or uint32), in file order."""
         shards = [str(self.path / s) for s in self.metadata["splits"][split]["shards"]]
         if not shards:
             raise ConfigError(f"{self.path} has no {split!r} documents; prepare it with --val_fraction > 0")
         dtype = self.dtype
         return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards)).map(
-            lambda record: np.frombuffer(record, dtype).astype(np.int32))
+            lambda record: np.frombuffer(record, dtype))
 
     def eval_sequences(self, length: int, num_sequences: int) -> np.ndarray:
         """``num_sequences`` rows of ``length + 1`` tokens: held-out documents concatenated in order."""
@@ -61,7 +61,7 @@ class Corpus:
         if n == 0:
             raise ConfigError(f"the held-out split of {self.path} has {have} tokens, too few for a sequence of "
                               f"{length}; prepare it with a larger --val_fraction")
-        return np.concatenate(chunks)[: n * (length + 1)].reshape(n, length + 1)
+        return np.concatenate(chunks)[: n * (length + 1)].reshape(n, length + 1).astype(np.int32)
 
 
 def open_corpus(data_cfg) -> Corpus:
@@ -107,9 +107,8 @@ def train_dataset(documents: grain.MapDataset, *, seq_len: int, batch_per_proces
     ds = document_stream(documents, seed=seed, process_index=process_index, process_count=process_count)
     ds = ds.map(lambda doc: {"tokens": doc}).to_iter_dataset()
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-    if document_masking:
-        ds = ds.map(lambda ex: {"tokens": ex["tokens"], "segment_ids": ex["tokens_segment_ids"],
-                                "positions": ex["tokens_positions"]})
-    else:
-        ds = ds.map(lambda ex: {"tokens": ex["tokens"]})
-    return ds.batch(batch_per_process, drop_remainder=True)
+    keys = {"tokens": "tokens", "segment_ids": "tokens_segment_ids", "positions": "tokens_positions"}
+    if not document_masking:
+        keys = {"tokens": "tokens"}
+    ds = ds.batch(batch_per_process, drop_remainder=True)
+    return ds.map(lambda b: {k: b[src].astype(np.int32) for k, src in keys.items()})
