@@ -5,10 +5,12 @@ Relaunching with the same workdir resumes from the newest complete checkpoint, i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
 import time
+from typing import Any
 
 import jax
 
@@ -29,14 +31,55 @@ def log(msg: str) -> None:
         print(msg, flush=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every compiled train step of a run is built from (shared with the benchmark and AOT compile)."""
+
+    config: Any
+    plan: Plan
+    mesh: jax.sharding.Mesh
+    spec: Any
+    tx: Any
+    state_sh: Any
+
+    def lr_fn(self, step):
+        return optim.lr_at(step, optim_cfg=self.config.optim, total_steps=self.plan.total_steps,
+                           flip_step=self.plan.flip_step, rewarm_steps=self.config.drope.rewarm_steps)
+
+    def abstract_state(self):
+        """ShapeDtypeStructs of the train state, placed on the mesh."""
+        return _with_shardings(jax.eval_shape(functools.partial(init_state, tx=self.tx), self.spec.abstract_params),
+                               self.state_sh)
+
+    def phase_step(self, phase: str):
+        """The jitted train step of one phase: RoPE before the flip, NoPE after it."""
+        use_qk_norm = phase == "nope" or not self.config.drope.qk_norm_at_flip
+        fn = make_train_step(self.spec, self.tx, self.lr_fn, pos=NOPE if phase == "nope" else ROPE,
+                             use_qk_norm=use_qk_norm, grad_accum=self.config.train.grad_accum)
+        return jit_train_step(fn, self.state_sh, self.mesh)
+
+    def fresh_state(self, params=None):
+        params = init_params(self.spec, self.config.train.seed, self.mesh) if params is None else params
+        return jax.jit(functools.partial(init_state, tx=self.tx), out_shardings=self.state_sh)(params)
+
+
+def make_setup(config, mesh=None) -> Setup:
+    """Validates the config (raising ConfigError before anything compiles) and builds the pieces."""
+    mesh = sharding.make_mesh(**config.mesh) if mesh is None else mesh
+    plan = make_plan(config, num_data_devices=mesh.shape["data"] * mesh.shape["fsdp"])
+    spec = model_spec(plan.model)
+    tx = optim.make_optimizer(config.optim)
+    return Setup(config, plan, mesh, spec, tx, state_shardings(spec, tx, mesh))
+
+
 def run(config, workdir) -> dict:
     """Trains as ``config`` says in ``workdir``, resuming from it if it holds a checkpoint.
 
     Returns the final evaluation (perplexity by context multiple), also written to ``eval.json``.
     """
     workdir = pathlib.Path(workdir)
-    mesh = sharding.make_mesh(**config.mesh)
-    plan = make_plan(config, num_data_devices=mesh.shape["data"] * mesh.shape["fsdp"])
+    setup = make_setup(config)
+    plan, mesh = setup.plan, setup.mesh
     corpus = data.open_corpus(config.data)
     if corpus.vocab_size > plan.model.vocab_size:
         raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
@@ -58,52 +101,43 @@ def run(config, workdir) -> dict:
         seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count(),
         document_masking=config.data.document_masking))
 
-    spec = model_spec(plan.model)
-    tx = optim.make_optimizer(config.optim)
-    lr_fn = functools.partial(optim.lr_at, optim_cfg=config.optim, total_steps=plan.total_steps,
-                              flip_step=plan.flip_step, rewarm_steps=config.drope.rewarm_steps)
-    state_sh = state_shardings(spec, tx, mesh)
-    log(f"model: {count_params(spec.abstract_params):,} parameters; mesh {dict(mesh.shape)}; {plan.describe()}")
+    log(f"model: {count_params(setup.spec.abstract_params):,} parameters; mesh {dict(mesh.shape)}; "
+        f"{plan.describe()}")
 
     with jax.set_mesh(mesh):
         if start_step is None:
-            params = init_params(spec, config.train.seed, mesh)
+            params = init_params(setup.spec, config.train.seed, mesh)
             if config.init_from.startswith("hf:"):
                 from drope_jax.hf import load_params  # lazily: the bridge needs safetensors
                 params = load_params(config.init_from[3:], plan.model, params, log=log)
             elif config.init_from:
                 params = checkpoint.load_params_from(config.init_from, params, log=log)
-            state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
+            state = setup.fresh_state(params)
             start_step = 0
         else:
-            abstract = _with_shardings(jax.eval_shape(functools.partial(init_state, tx=tx), spec.abstract_params),
-                                       state_sh)
-            state = ckpt.restore(start_step, abstract, data_iter)
+            state = ckpt.restore(start_step, setup.abstract_state(), data_iter)
             log(f"resumed from {ckpt.directory} at step {start_step} (next phase: {plan.phase(start_step)})")
 
-        end_step = train_loop(config, plan, spec, tx, lr_fn, state, state_sh, mesh, data_iter, ckpt, start_step,
-                              workdir)
+        end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir)
         ckpt.wait()
         if end_step < plan.total_steps:
             log(f"stopped at step {end_step} (config.train.stop_at_step); relaunch the same command to continue")
             ckpt.close()
             return {}
-        result = final_eval(config, plan, spec, ckpt, corpus, mesh)
+        result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh)
     ckpt.close()
     if jax.process_index() == 0:
         (workdir / "eval.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_iter, ckpt, start_step, workdir):
-    qk_at_flip = config.drope.qk_norm_at_flip
+def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir):
+    config, plan, mesh = setup.config, setup.plan, setup.mesh
     compiled = {}
 
     def step_fn(phase):
         if phase not in compiled:
-            fn = make_train_step(spec, tx, lr_fn, pos=NOPE if phase == "nope" else ROPE,
-                                 use_qk_norm=phase == "nope" or not qk_at_flip, grad_accum=config.train.grad_accum)
-            compiled[phase] = jit_train_step(fn, state_sh, mesh)
+            compiled[phase] = setup.phase_step(phase)
         return compiled[phase]
 
     writer = metrics.MetricsWriter(workdir)
@@ -152,7 +186,7 @@ def train_loop(config, plan: Plan, spec, tx, lr_fn, state, state_sh, mesh, data_
             if step == plan.flip_step:
                 if step != start_step:
                     save(step)  # the last RoPE-phase state: kept whatever the keep-N policy says
-                state = apply_flip(config, state, tx, state_sh, step)
+                state = apply_flip(config, state, setup.tx, setup.state_sh, step)
             elif step % config.checkpoint.every_steps == 0 and step != start_step:
                 save(step)
             batch = jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), next(data_iter))
