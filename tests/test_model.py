@@ -159,7 +159,7 @@ def test_rope_scores_depend_only_on_relative_position():
             np.testing.assert_allclose(score(i + s, j + s), base, rtol=0, atol=2e-5 * scale)
     # ...and the offset matters: different relative positions give clearly different scores.
     by_offset = np.array([score(10 + r, 10) for r in range(8)])
-    assert np.ptp(by_offset) > 0.05 * scale
+    assert np.ptp(by_offset) > 0.01 * scale
     # With q = k the score is largest at offset 0, strictly: sum_i |pair_i|^2 cos(r * f_i).
     self_score = lambda i, j: float(jnp.sum(apply_rope(q, jnp.array([[i]]), theta)  # noqa: E731
                                             * apply_rope(q, jnp.array([[j]]), theta)))
@@ -231,6 +231,27 @@ def test_nope_is_causal_and_differs_from_rope():
     # Position 0 attends only to itself, where RoPE is the identity rotation; later positions differ.
     np.testing.assert_allclose(rope[:, 0], nope[:, 0], rtol=1e-5, atol=1e-6)
     assert np.abs(rope[:, 1:] - nope[:, 1:]).max() > 1e-3
+
+
+def test_packed_documents_equal_separate_documents():
+    """With segment ids and positions restarting per document, each document of a packed row gets the
+    logits it would get alone, in both modes."""
+    cfg = small()
+    params = make_params(cfg)
+    cut = 7
+    tokens = tokens_for(seed=9, b=1)
+    segment_ids = jnp.where(jnp.arange(T) < cut, 1, 2)[None]
+    positions = jnp.where(jnp.arange(T) < cut, jnp.arange(T), jnp.arange(T) - cut)[None]
+    spec = spec_of(cfg)
+    packed_fn = jax.jit(lambda p, t, pos: state.apply(spec, p, t, pos, positions_BT=positions,
+                                                      segment_ids_BT=segment_ids), static_argnums=2)
+    for pos in (ROPE, NOPE):
+        packed = np.asarray(packed_fn(params, tokens, pos))
+        np.testing.assert_allclose(packed[:, :cut], forward(cfg, params, tokens, pos)[:, :cut],
+                                   rtol=1e-5, atol=1e-6)  # the first document: causality alone
+        np.testing.assert_allclose(packed[:, cut:], reference_forward(cfg, params, tokens[:, cut:], pos is ROPE),
+                                   rtol=2e-4, atol=2e-5)
+        assert np.abs(packed[:, cut:] - forward(cfg, params, tokens, pos)[:, cut:]).max() > 1e-3
 
 
 def test_nope_sees_no_order_among_earlier_tokens():

@@ -109,7 +109,7 @@ def test_host_batch_to_global():
 
 def optim_cfg(**kw):
     c = default_config().optim
-    c.update(dict(warmup_steps=0, weight_decay=0.1, **kw))
+    c.update({"warmup_steps": 0, "weight_decay": 0.1, **kw})
     return c
 
 
@@ -135,14 +135,25 @@ def initial_params():
 
 
 def batches(n=STEPS, seed=0):
-    """Learnable rows: counting upwards (mod vocab) from a random start with a stride of 1 or 3."""
+    """Host batches as ``data.train_dataset(document_masking=True)`` yields them: two documents per
+    row, ``segment_ids`` and positions restarting at each document. Each document counts upwards
+    (mod vocab) from a random start with a stride of 1 or 3, so the model has something to learn."""
     rng = np.random.default_rng(seed)
+    t = np.arange(SEQ + 1)
     out = []
     for _ in range(n):
-        start = rng.integers(0, CFG.vocab_size, (BATCH, 1))
+        start = rng.integers(0, CFG.vocab_size, (BATCH, 2))
         stride = rng.choice([1, 3], (BATCH, 1))
-        out.append(((start + stride * np.arange(SEQ + 1)) % CFG.vocab_size).astype(np.int32))
+        second = t >= rng.integers(3, SEQ - 2, (BATCH, 1))
+        positions = np.where(second, t - np.argmax(second, axis=1)[:, None], t)
+        tokens = (np.where(second, start[:, 1:], start[:, :1]) + stride * positions) % CFG.vocab_size
+        out.append({"tokens": tokens.astype(np.int32), "segment_ids": (1 + second).astype(np.int32),
+                    "positions": positions.astype(np.int32)})
     return out
+
+
+def to_global(batch, mesh):
+    return jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), batch)
 
 
 @functools.cache
@@ -156,13 +167,13 @@ def compiled_step(mesh_name, grad_accum=1):
     return mesh, init, step.jit_train_step(fn, state_sh, mesh)
 
 
-def train(mesh_name, grad_accum=1, params=None, steps=STEPS):
+def train(mesh_name, grad_accum=1, steps=STEPS):
     mesh, init, train_step = compiled_step(mesh_name, grad_accum=grad_accum)
     losses, norms = [], []
     with jax.set_mesh(mesh):
-        st = init(initial_params() if params is None else params)
-        for tokens in batches(steps):
-            st, metrics = train_step(st, sharding.host_batch_to_global(tokens, mesh))
+        st = init(initial_params())
+        for batch in batches(steps):
+            st, metrics = train_step(st, to_global(batch, mesh))
             assert not bool(metrics["nonfinite"])
             losses.append(float(metrics["loss"]))
             norms.append(float(metrics["grad_norm"]))
@@ -197,7 +208,8 @@ def test_sharded_training_matches_one_device(mesh_name):
 
 def test_grad_accumulation_matches_one_batch():
     want_losses, want_norms, want_params = single_device_run()
-    losses, norms, st = train("data2_fsdp2_tensor2", grad_accum=2)  # micro-batches of 4 over data x fsdp
+    # micro-batches of 4 rows over data x fsdp = 4 devices
+    losses, norms, st = train("data2_fsdp2_tensor2", grad_accum=2)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
     np.testing.assert_allclose(norms, want_norms, rtol=1e-4)
     jax.tree.map(lambda got, want: np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-5),
@@ -208,14 +220,13 @@ def test_nonfinite_step_is_skipped():
     mesh, init, train_step = compiled_step("fsdp8", grad_accum=1)
     good, bad = batches(2, seed=1)
     with jax.set_mesh(mesh):
-        st, metrics = train_step(init(initial_params()), sharding.host_batch_to_global(good, mesh))
+        st, metrics = train_step(init(initial_params()), to_global(good, mesh))
         assert not bool(metrics["nonfinite"])
         # poison one weight: every logit, the loss and the gradient become NaN
-        params = jax.tree.map(np.array, st["params"])  # writable copies
-        params["blocks"]["mlp"]["up_DF"][0, 0, 0] = np.nan
-        st = {"params": params, "opt_state": st["opt_state"], "step": st["step"]}
+        up = st["params"]["blocks"]["mlp"]["up_DF"]
+        st["params"]["blocks"]["mlp"]["up_DF"] = jax.device_put(up.at[0, 0, 0].set(np.nan), up.sharding)
         before = jax.tree.map(np.asarray, st)
-        after, metrics = train_step(st, sharding.host_batch_to_global(bad, mesh))
+        after, metrics = train_step(st, to_global(bad, mesh))
     assert bool(metrics["nonfinite"])
     assert not np.isfinite(float(metrics["loss"]))
     after = jax.tree.map(np.asarray, after)
