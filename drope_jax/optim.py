@@ -15,8 +15,9 @@ SCHEDULES = ("cosine", "wsd", "constant")
 
 def make_optimizer(optim_cfg) -> optax.GradientTransformation:
     """Clip, Adam moments, decoupled weight decay (matrices only); the LR is applied by the step."""
-    def decay_mask(params):  # weight decay on matrices, never on norm weights
-        return jax.tree_util.tree_map_with_path(lambda path, p: "norm" not in jax.tree_util.keystr(path), params)
+    def decay_mask(params):  # weight decay on matrices, never on norm weights or biases
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: not any(s in jax.tree_util.keystr(path) for s in ("norm", "bias")), params)
 
     return optax.chain(
         optax.clip_by_global_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip > 0 else optax.identity(),

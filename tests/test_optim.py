@@ -101,7 +101,7 @@ def test_unknown_schedule_raises():
         lr(0, "linear")
 
 
-def test_weight_decay_skips_norm_weights():
+def test_weight_decay_skips_norm_weights_and_biases():
     cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=32,
                       qk_norm="proj", attention_bias=True)
     abstract = state.model_spec(cfg).abstract_params
@@ -112,15 +112,13 @@ def test_weight_decay_skips_norm_weights():
     # Adam of zero gradients is zero, so the update is the weight decay alone
     updates = jax.jit(lambda p: tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)[0])(params)
 
-    norms, decayed = [], []
+    norms, biases, decayed = [], [], []
 
     def check(path, u, p):
         name = jax.tree_util.keystr(path)
-        if "norm" in name:
-            norms.append(name)
+        if "norm" in name or "bias" in name:
+            (norms if "norm" in name else biases).append(name)
             np.testing.assert_array_equal(np.asarray(u), 0.0, err_msg=name)
-        elif "bias" in name:
-            return  # whether attention biases decay is left open here (see the report)
         else:
             decayed.append(name)
             np.testing.assert_allclose(np.asarray(u), wd * np.asarray(p), rtol=1e-6, err_msg=name)
@@ -131,4 +129,5 @@ def test_weight_decay_skips_norm_weights():
         "['blocks']['attn']['k_norm']['weight']", "['blocks']['attn']['q_norm']['weight']",
         "['blocks']['attn_norm']['weight']", "['blocks']['mlp_norm']['weight']", "['final_norm']['weight']"])
     assert "['embed_VD']" in decayed and "['blocks']['mlp']['down_FD']" in decayed
-    assert len(decayed) == len(jax.tree.leaves(params)) - len(norms) - 3
+    assert len(biases) == 3
+    assert len(decayed) == len(jax.tree.leaves(params)) - len(norms) - len(biases)
