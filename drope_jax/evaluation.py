@@ -1,4 +1,4 @@
-"""Perplexity of a model at lengths beyond its training context."""
+"""Perplexity of a model at lengths beyond its training context, overall and by position."""
 
 from __future__ import annotations
 
@@ -13,17 +13,55 @@ from drope_jax.positions import PosEncoding
 from drope_jax.state import ModelSpec, apply, token_nll
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm"))
-def _nll_sum(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool):
-    logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm)
-    return jnp.sum(token_nll(logits_BTV, tokens_BT1[:, 1:]))
+@functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm", "query_chunk"))
+def _nll_sum_by_position(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool,
+                         query_chunk: int | None):
+    logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
+    return jnp.sum(token_nll(logits_BTV, tokens_BT1[:, 1:]), axis=0)
+
+
+def position_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *, use_qk_norm: bool = True,
+                 batch_size: int = 4, query_chunk: int | None = None) -> np.ndarray:
+    """Mean next-token NLL at each position [T] over ``sequences_NT1`` (rows of T + 1 tokens).
+    ``query_chunk`` bounds attention memory for long rows (see attention.py)."""
+    total_T = np.zeros(sequences_NT1.shape[1] - 1, np.float64)
+    for i in range(0, len(sequences_NT1), batch_size):
+        chunk = jnp.asarray(sequences_NT1[i:i + batch_size])
+        total_T += np.asarray(_nll_sum_by_position(params, chunk, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
+                                                   query_chunk=query_chunk), np.float64)
+    return total_T / len(sequences_NT1)
 
 
 def perplexity(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *,
-               use_qk_norm: bool = True, batch_size: int = 4) -> float:
+               use_qk_norm: bool = True, batch_size: int = 4, query_chunk: int | None = None) -> float:
     """exp(mean next-token NLL) over every position of every sequence."""
-    total = 0.0
-    for i in range(0, len(sequences_NT1), batch_size):
-        chunk = jnp.asarray(sequences_NT1[i:i + batch_size])
-        total += float(_nll_sum(params, chunk, spec=spec, pos=pos, use_qk_norm=use_qk_norm))
-    return math.exp(total / (sequences_NT1.shape[0] * (sequences_NT1.shape[1] - 1)))
+    nll_T = position_nll(spec, params, sequences_NT1, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
+                         query_chunk=query_chunk)
+    return math.exp(float(np.mean(nll_T)))
+
+
+def bucket_means(nll_T: np.ndarray, width: int) -> list[float]:
+    """Mean NLL over consecutive position buckets [0, width), [width, 2 width), ..."""
+    return [float(np.mean(nll_T[i:i + width])) for i in range(0, len(nll_T), width)]
+
+
+class InTrainingEval:
+    """Held-out perplexity at each of config.eval.lengths every config.eval.every_steps steps, in the
+    encoding of the phase being trained, as one metrics record: the flip shows on the curve."""
+
+    def __init__(self, config, plan, spec: ModelSpec, corpus):
+        self.config, self.plan, self.spec = config, plan, spec
+        self.every = config.eval.every_steps or 0
+        seq_len, n = config.data.seq_len, config.eval.num_sequences
+        self.sequences = {m: corpus.eval_sequences(m * seq_len, n) for m in config.eval.lengths} if self.every else {}
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def __call__(self, params, step: int, phase: str) -> dict:
+        use_qk_norm = phase == "nope" or not self.config.drope.qk_norm_at_flip
+        record = {"step": step, "phase": phase}
+        for m, seqs in self.sequences.items():
+            record[f"eval/ppl_{m}x"] = perplexity(self.spec, params, seqs, self.plan.phase_pos(phase),
+                                                  use_qk_norm=use_qk_norm, batch_size=self.config.eval.batch_size)
+        return record

@@ -1,9 +1,11 @@
 """A Llama-style decoder in Flax NNX whose position encoding is an argument of the forward pass.
 
 ``model(tokens_BT, pos=ROPE)`` and ``model(tokens_BT, pos=NOPE)`` use the same parameters.
-Layers are stacked along a leading ``layers`` axis and run with ``jax.lax.scan``.
-Shape suffixes: B batch, T sequence, D d_model, N query heads, K kv heads, H head_dim,
-F mlp_dim, V vocab.
+Layers are stacked along a leading ``layers`` axis and run with ``jax.lax.scan``; a per-layer
+position pattern (``PosEncoding.nope_every``) enters the scan as a [L] bool array. With a KV cache
+(``drope_jax.decode``) the call also returns the updated cache.
+Shape suffixes: B batch, T sequence, S cached keys, L layers, D d_model, N query heads, K kv heads,
+H head_dim, F mlp_dim, V vocab.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from flax import nnx
 
 from drope_jax.attention import causal_attention
 from drope_jax.model_config import ModelConfig
-from drope_jax.positions import ROPE, PosEncoding, encode
+from drope_jax.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
 
 REMAT = {
@@ -68,7 +70,11 @@ class Attention(nnx.Module):
         b, t, n, h = x_BTNH.shape  # "proj": one norm over all heads, before the split
         return norm(x_BTNH.reshape(b, t, n * h)).reshape(b, t, n, h)
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
+                 kv_cache=None, query_chunk=None):
+        """``positional``: whether this layer applies ``pos.kind`` (a bool, or traced under the scan).
+        ``kv_cache``: (k_BSKH, v_BSKH, index): this call's keys and values are written at ``index`` and
+        the queries attend to the whole cache; the updated (k, v) is returned beside the output."""
         dt = x_BTD.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
         k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
@@ -79,10 +85,36 @@ class Attention(nnx.Module):
             v_BTKH = v_BTKH + self.v_bias_KH[...].astype(dt)
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
-        q_BTNH = constrain(encode(pos, q_BTNH, positions_BT, self.cfg.rope_theta), ("batch", "seq", "act_heads", None))
-        k_BTKH = constrain(encode(pos, k_BTKH, positions_BT, self.cfg.rope_theta), ("batch", "seq", "act_kv_heads", None))
-        out_BTNH = causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
-        return jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dt))
+        theta = self.cfg.rope_theta
+        q_BTNH = encode(pos, q_BTNH, positions_BT, theta, positional)
+        scale_BT = query_scale(pos, positions_BT)
+        if scale_BT is not None:
+            q_BTNH = (q_BTNH * jnp.asarray(scale_BT, jnp.float32)[..., None, None]).astype(dt)
+        q_BTNH = constrain(q_BTNH, ("batch", "seq", "act_heads", None))
+        k_BSKH = constrain(encode(pos, k_BTKH, positions_BT, theta, positional), ("batch", "seq", "act_kv_heads", None))
+        v_BSKH, q_offset = v_BTKH, None
+        if kv_cache is not None:
+            k_cache, v_cache, q_offset = kv_cache
+            k_BSKH = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BSKH.astype(k_cache.dtype), q_offset, axis=1)
+            v_BSKH = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BSKH.astype(v_cache.dtype), q_offset, axis=1)
+        out_BTNH = self._attend(q_BTNH, k_BSKH.astype(dt), v_BSKH.astype(dt), segment_ids_BT, pos, positional,
+                                q_offset, query_chunk)
+        out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dt))
+        return out_BTD, (None if kv_cache is None else (k_BSKH, v_BSKH))
+
+    def _attend(self, q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, pos, positional, q_offset, query_chunk):
+        slopes_N = None
+        if pos.kind == "alibi":  # zero slopes in the NoPE layers of a pattern: no bias there
+            slopes_N = alibi_slopes(self.cfg.num_heads) * (1.0 if positional is True else jnp.float32(positional))
+
+        def attend(window):
+            return causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, window=window, alibi_slopes_N=slopes_N,
+                                    q_offset=q_offset, query_chunk=query_chunk)
+
+        if not pos.window or isinstance(positional, bool):
+            return attend(pos.window if positional else None)
+        # The window is a static argument of attention: the scanned flag picks one of two calls.
+        return jax.lax.cond(positional, lambda: attend(pos.window), lambda: attend(None))
 
 
 class MLP(nnx.Module):
@@ -107,10 +139,13 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool):
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm)
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
+                 kv_cache=None, query_chunk=None):
+        attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm,
+                                     positional, kv_cache, query_chunk)
+        x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
-        return constrain(x_BTD, ("batch", "seq", "act_embed"))
+        return constrain(x_BTD, ("batch", "seq", "act_embed")), new_kv
 
 
 class Transformer(nnx.Module):
@@ -129,29 +164,43 @@ class Transformer(nnx.Module):
             self.lm_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
     def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, segment_ids_BT=None,
-                 use_qk_norm: bool = True):
-        """Logits [B, T, V] in the compute dtype.
+                 use_qk_norm: bool = True, cache: dict | None = None, query_chunk: int | None = None):
+        """Logits [B, T, V] in the compute dtype; with ``cache``, (logits, updated cache).
 
-        ``positions_BT`` defaults to 0..T-1 in every row; ``segment_ids_BT`` confines attention to each
-        packed document. ``use_qk_norm=False`` skips QK-norm weights that exist but are not yet
-        switched on (a run that adds QK-norm at the flip)."""
+        ``positions_BT`` defaults to 0..T-1 in every row (with a cache: from its length on);
+        ``segment_ids_BT`` confines attention to each packed document. ``use_qk_norm=False`` skips
+        QK-norm weights that exist but are not yet switched on (a run that adds QK-norm at the flip).
+        ``cache`` is ``{"k": [L, B, S, K, H], "v": [L, B, S, K, H], "length": int32}`` (see
+        ``drope_jax.decode``). ``query_chunk`` bounds attention memory for long inputs (see attention.py)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
+        start = 0 if cache is None else cache["length"]
         if positions_BT is None:
-            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-        # Gather the table's fsdp shards first, as for every other weight, then look rows up per batch shard.
-        embed_VD = constrain(self.embed_VD[...], ("vocab", None))
-        x_BTD = constrain(jnp.take(embed_VD, tokens_BT, axis=0).astype(dt), ("batch", "seq", "act_embed"))
+            positions_BT = jnp.broadcast_to(start + jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+        x_BTD = constrain(jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(dt), ("batch", "seq", "act_embed"))
 
         graphdef, layers = nnx.split(self.blocks)
+        positional_L = pos.positional_layers(cfg.num_layers)
+        uniform = bool(positional_L.all() or not positional_L.any())
+        xs = {"layer": layers}
+        if not uniform:  # a per-layer pattern enters the scan; a uniform one stays a Python constant
+            xs["positional"] = jnp.asarray(positional_L)
+        if cache is not None:
+            xs["k"], xs["v"] = cache["k"], cache["v"]
 
-        def layer(x_BTD, layer_state):
-            return nnx.merge(graphdef, layer_state)(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm), None
+        def layer(x_BTD, xs):
+            kv_cache = None if cache is None else (xs["k"], xs["v"], start)
+            positional = xs["positional"] if not uniform else bool(positional_L[0])
+            return nnx.merge(graphdef, xs["layer"])(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm,
+                                                    positional, kv_cache, query_chunk)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT[cfg.remat], prevent_cse=False)
-        x_BTD, _ = jax.lax.scan(layer, x_BTD, layers)
+        x_BTD, new_kv = jax.lax.scan(layer, x_BTD, xs)
 
         x_BTD = self.final_norm(x_BTD)
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
-        return constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)), ("batch", "seq", "act_vocab"))
+        logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)), ("batch", "seq", "act_vocab"))
+        if cache is None:
+            return logits_BTV
+        return logits_BTV, {"k": new_kv[0], "v": new_kv[1], "length": start + tokens_BT.shape[1]}

@@ -1,23 +1,88 @@
-"""Position encodings, chosen at call time. RoPE has no parameters, so dropping it changes none."""
+"""Position encodings, chosen at call time. RoPE has no parameters, so dropping or rescaling it changes none.
+
+A ``PosEncoding`` says, for one forward pass:
+
+- ``kind``: "rope", "alibi" (a linear bias on the logits, Press et al.) or "nope" (no position signal);
+- a per-layer pattern: with ``nope_every=n`` every n-th layer (layers n-1, 2n-1, ...) drops the encoding
+  and attends over the whole context, as SmolLM3's ``no_rope_layer_interval``; with ``window=w`` the
+  other layers see only the last w tokens (sliding-window attention). RNoPE-SWA is
+  ``PosEncoding("rope", nope_every=4, window=w)``;
+- RoPE scaling applied at evaluation time to a RoPE model, by ``factor``: "linear" (PI), "ntk"
+  (NTK-aware) or "yarn" (with its attention temperature); the formulas are Hugging Face
+  transformers' (``modeling_rope_utils``), written here for JAX;
+- an optional query temperature for long inputs, off by default: a constant ``logit_scale`` on the
+  attention logits, and ``log_n`` scaling (queries past ``original_length`` scaled by
+  log(position + 1) / log(original_length), as in Qwen's logn attention).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
+import numpy as np
 
-POS_KINDS = ("rope", "nope")
+POS_KINDS = ("rope", "nope", "alibi")
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
 class PosEncoding:
-    """How attention sees positions. Hashable, so it can select a compiled step."""
+    """How attention sees positions. Hashable, so it can select a compiled step (a static jit argument)."""
 
     kind: str = "rope"
+    nope_every: int = 0  # >0: layers nope_every-1, 2*nope_every-1, ... use no encoding and full attention
+    window: int = 0  # >0: the other layers attend to the last `window` tokens only (the token itself included)
+    scaling: str = "none"  # RoPE at evaluation: "linear" (PI), "ntk", "yarn"
+    factor: float = 1.0  # the RoPE scaling factor: the target length over original_length
+    original_length: int = 0  # the training context; YaRN and log_n need it
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    logit_scale: float = 1.0  # multiplies every attention logit (an inverse softmax temperature)
+    log_n: bool = False  # scale queries past original_length by log(position + 1) / log(original_length)
 
     def __post_init__(self):
+        def refuse(msg):
+            raise ValueError(f"PosEncoding: {msg}")
+
         if self.kind not in POS_KINDS:
-            raise ValueError(f"position encoding {self.kind!r} is not one of {POS_KINDS}")
+            refuse(f"kind={self.kind!r} is not one of {POS_KINDS}")
+        if self.scaling not in ROPE_SCALINGS:
+            refuse(f"scaling={self.scaling!r} is not one of {ROPE_SCALINGS}")
+        if self.scaling != "none" and self.kind != "rope":
+            refuse(f"scaling={self.scaling!r} rescales RoPE; kind is {self.kind!r}")
+        if self.nope_every < 0 or self.window < 0:
+            refuse(f"nope_every ({self.nope_every}) and window ({self.window}) must be >= 0")
+        if self.window and self.kind == "nope":
+            refuse("a sliding window applies to the layers that encode positions; kind='nope' has none "
+                   "(use kind='rope' with nope_every and window for RNoPE-SWA)")
+        if self.factor < 1.0:
+            refuse(f"factor={self.factor} must be >= 1")
+        if (self.scaling == "yarn" or self.log_n) and self.original_length <= 0:
+            refuse("scaling='yarn' and log_n need original_length, the training context in tokens")
+
+    def positional_layers(self, num_layers: int) -> np.ndarray:
+        """[L] bool: the layers that apply ``kind`` (the others are NoPE with full attention)."""
+        if self.kind == "nope":
+            return np.zeros(num_layers, bool)
+        if not self.nope_every:
+            return np.ones(num_layers, bool)
+        return (np.arange(num_layers) + 1) % self.nope_every != 0
+
+    def describe(self) -> str:
+        parts = [self.kind]
+        if self.nope_every:
+            parts.append(f"NoPE every {self.nope_every} layers")
+        if self.window:
+            parts.append(f"window {self.window}")
+        if self.scaling != "none":
+            parts.append(f"{self.scaling} x{self.factor:g}")
+        if self.log_n:
+            parts.append("log-n")
+        if self.logit_scale != 1.0:
+            parts.append(f"logit scale {self.logit_scale:g}")
+        return ", ".join(parts)
 
 
 ROPE = PosEncoding("rope")
@@ -29,22 +94,94 @@ def rope_inv_freq(head_dim: int, theta: float) -> jnp.ndarray:
     return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
 
 
+def ntk_theta(theta: float, head_dim: int, factor: float) -> float:
+    """NTK-aware scaling: a larger base, theta * factor^(d / (d - 2)). This is transformers'
+    ``_compute_dynamic_ntk_parameters`` at ``seq_len = factor * original`` with its own factor 1."""
+    return theta * factor ** (head_dim / (head_dim - 2))
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's temperature sqrt(1/t) = 0.1 ln(s) + 1, multiplied into cos and sin (so logits get its square)."""
+    return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+
+
+def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_length: int,
+                  beta_fast: float = 32.0, beta_slow: float = 1.0) -> jnp.ndarray:
+    """YaRN ("NTK-by-parts"): dimensions that rotate more than beta_fast times over the original context
+    keep their frequency, those rotating fewer than beta_slow times are interpolated by ``factor``,
+    with a linear ramp between (transformers' ``_compute_yarn_parameters``, truncate=True)."""
+    def correction_dim(rotations):
+        return head_dim * math.log(original_length / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: avoids a division by zero
+    ramp_F = jnp.clip((jnp.arange(head_dim // 2, dtype=jnp.float32) - low) / (high - low), 0.0, 1.0)
+    extrapolated_F = rope_inv_freq(head_dim, theta)
+    return extrapolated_F / factor * ramp_F + extrapolated_F * (1.0 - ramp_F)
+
+
+def scaled_inv_freq(pos: PosEncoding, head_dim: int, theta: float) -> tuple[jnp.ndarray, float]:
+    """The RoPE inverse frequencies [head_dim // 2] and the factor on cos/sin for ``pos.scaling``."""
+    if pos.scaling == "linear":
+        return rope_inv_freq(head_dim, theta) / pos.factor, 1.0
+    if pos.scaling == "ntk":
+        return rope_inv_freq(head_dim, ntk_theta(theta, head_dim, pos.factor)), 1.0
+    if pos.scaling == "yarn":
+        inv_freq = yarn_inv_freq(head_dim, theta, pos.factor, pos.original_length, pos.yarn_beta_fast,
+                                 pos.yarn_beta_slow)
+        return inv_freq, yarn_attention_factor(pos.factor)
+    return rope_inv_freq(head_dim, theta), 1.0
+
+
 def rotate_half(x):
     x1, x2 = jnp.split(x, 2, axis=-1)
     return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x_BTNH, positions_BT, theta: float):
+def apply_rope(x_BTNH, positions_BT, theta: float, inv_freq_F=None, cos_sin_scale: float = 1.0):
     """Rotates q or k in the rotate_half layout of HF Llama, so exported weights need no permutation."""
-    inv_freq_F = rope_inv_freq(x_BTNH.shape[-1], theta)
+    if inv_freq_F is None:
+        inv_freq_F = rope_inv_freq(x_BTNH.shape[-1], theta)
     angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq_F
     angles_BTH = jnp.concatenate([angles_BTF, angles_BTF], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles_BTH), jnp.sin(angles_BTH)
+    cos, sin = jnp.cos(angles_BTH) * cos_sin_scale, jnp.sin(angles_BTH) * cos_sin_scale
     x = x_BTNH.astype(jnp.float32)
     return (x * cos + rotate_half(x) * sin).astype(x_BTNH.dtype)
 
 
-def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float):
-    if pos.kind == "rope":
-        return apply_rope(x_BTNH, positions_BT, theta)
-    return x_BTNH  # NoPE: the identity rotation (cos=1, sin=0), as in the official recipe
+def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float, positional=True):
+    """q or k as ``pos`` presents it to attention. ``positional`` (a bool, or a traced per-layer bool
+    under the layer scan) is False in the NoPE layers of a per-layer pattern."""
+    if pos.kind != "rope" or positional is False:
+        return x_BTNH  # NoPE (and ALiBi, which acts on the logits): the identity rotation (cos=1, sin=0)
+    inv_freq_F, scale = scaled_inv_freq(pos, x_BTNH.shape[-1], theta)
+    rotated = apply_rope(x_BTNH, positions_BT, theta, inv_freq_F, scale)
+    return rotated if positional is True else jnp.where(positional, rotated, x_BTNH)
+
+
+def query_scale(pos: PosEncoding, positions_BT):
+    """[B, T] factor on the queries (``logit_scale`` and ``log_n``), or None when both are off."""
+    scale = None
+    if pos.log_n:
+        n = positions_BT.astype(jnp.float32) + 1.0
+        scale = jnp.maximum(1.0, jnp.log(n) / math.log(pos.original_length))
+    if pos.logit_scale != 1.0:
+        scale = pos.logit_scale if scale is None else scale * pos.logit_scale
+    return scale
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi's per-head slopes (Press et al.; transformers' Bloom ``_get_alibi_slopes``): the geometric
+    sequence 2^(-8/n), 2^(-16/n), ... for the largest power of two n <= num_heads, then every other
+    slope of the sequence for 2n for the remaining heads."""
+    def geometric(n, count, step=1):
+        base = 2.0 ** (-8.0 / n)
+        return [base ** p for p in range(1, 1 + step * count, step)]
+
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = geometric(closest, closest)
+    if closest != num_heads:
+        slopes += geometric(2 * closest, num_heads - closest, step=2)
+    return np.asarray(slopes, np.float32)

@@ -15,6 +15,7 @@ from ml_collections import config_dict
 
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.optim import SCHEDULES
+from drope_jax.positions import NOPE, ROPE, PosEncoding
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -51,10 +52,19 @@ def default_config() -> ml_collections.ConfigDict:
         rewarm_steps=0,
         qk_norm_at_flip=False,  # QK-norm weights exist from the start but apply only after the flip
     ))
+    c.positions = ml_collections.ConfigDict(dict(
+        kind="rope",  # the encoding before the flip (or throughout, without one): "rope", "alibi" or "nope"
+        nope_every=0,  # >0: every nope_every-th layer has no position encoding and full attention
+        window=0,  # >0: the other layers attend to the last `window` tokens; RNoPE-SWA: kind="rope", nope_every=4
+    ))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
     c.log = ml_collections.ConfigDict(dict(every_steps=10))
-    c.eval = ml_collections.ConfigDict(dict(lengths=(1, 2, 4), num_sequences=16, batch_size=4))
+    c.eval = ml_collections.ConfigDict(dict(
+        lengths=(1, 2, 4),  # multiples of data.seq_len, for the final and the in-training perplexity
+        num_sequences=16, batch_size=4,
+        every_steps=0,  # >0: held-out perplexity at each length every this many steps, to metrics.jsonl
+    ))
     c.init_from = ""  # a checkpoint directory, or "hf:DIR" (a Hugging Face one), whose parameters seed this run
     return c
 
@@ -67,6 +77,7 @@ class Plan:
     tokens_per_step: int
     total_steps: int
     flip_step: int | None
+    pos: PosEncoding = ROPE  # config.positions: the encoding before the flip
 
     @property
     def total_tokens(self) -> int:
@@ -75,11 +86,15 @@ class Plan:
     def phase(self, step: int) -> str:
         return "nope" if self.flip_step is not None and step >= self.flip_step else "rope"
 
+    def phase_pos(self, phase: str) -> PosEncoding:
+        """The encoding of a phase: config.positions before the flip ("rope" phase), NoPE in every layer after."""
+        return NOPE if phase == "nope" else self.pos
+
     def describe(self) -> str:
         flip = "none" if self.flip_step is None else (
             f"step {self.flip_step:,} ({self.flip_step * self.tokens_per_step:,} tokens)")
         return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = {self.total_tokens:,} tokens; "
-                f"flip to NoPE at {flip}")
+                f"positions: {self.pos.describe()}; flip to NoPE at {flip}")
 
 
 def _steps(c, tokens_key: str, steps_key: str, tokens_per_step: int, what: str) -> int | None:
@@ -119,4 +134,14 @@ def make_plan(c: ml_collections.ConfigDict, num_data_devices: int | None = None)
                           f"of {total} steps (config.train.total_tokens/total_steps)")
     if c.drope.qk_norm_at_flip and (model.qk_norm == "none" or flip is None):
         raise ConfigError("config.drope.qk_norm_at_flip needs config.model.qk_norm ('proj' or 'head') and a flip")
-    return Plan(model=model, tokens_per_step=tokens_per_step, total_steps=total, flip_step=flip)
+    return Plan(model=model, tokens_per_step=tokens_per_step, total_steps=total, flip_step=flip, pos=positions_of(c))
+
+
+def positions_of(c: ml_collections.ConfigDict) -> PosEncoding:
+    """config.positions as a PosEncoding; a bad value raises ConfigError naming the key."""
+    p = c.positions
+    try:
+        return PosEncoding(p.kind, nope_every=p.nope_every, window=p.window)
+    except ValueError as e:
+        raise ConfigError(f"config.positions (kind={p.kind!r}, nope_every={p.nope_every}, window={p.window}): "
+                          f"{str(e).removeprefix('PosEncoding: ')}") from None

@@ -16,7 +16,7 @@ import jax
 
 from drope_jax import checkpoint, data, evaluation, metrics, optim, sharding
 from drope_jax.model_config import ConfigError
-from drope_jax.positions import NOPE, ROPE
+from drope_jax.positions import NOPE
 from drope_jax.run_config import Plan, make_plan
 from drope_jax.state import count_params, init_params, model_spec
 from drope_jax.step import init_state, jit_train_step, make_train_step, state_shardings
@@ -54,7 +54,7 @@ class Setup:
     def phase_step(self, phase: str):
         """The jitted train step of one phase: RoPE before the flip, NoPE after it."""
         use_qk_norm = phase == "nope" or not self.config.drope.qk_norm_at_flip
-        fn = make_train_step(self.spec, self.tx, self.lr_fn, pos=NOPE if phase == "nope" else ROPE,
+        fn = make_train_step(self.spec, self.tx, self.lr_fn, pos=self.plan.phase_pos(phase),
                              use_qk_norm=use_qk_norm, grad_accum=self.config.train.grad_accum)
         return jit_train_step(fn, self.state_sh, self.mesh)
 
@@ -94,6 +94,9 @@ def run(config, workdir) -> dict:
         if meta["flip_step"] != plan.flip_step:
             raise ConfigError(f"{workdir} was trained with the flip at step {meta['flip_step']}, the config says "
                               f"{plan.flip_step}; restore config.drope or use a new --workdir")
+    if jax.process_index() == 0:  # launch/evaluate.py reads the run's data, context and positions from it
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
     batch_per_process = config.train.global_batch_size // jax.process_count()
     data_iter = iter(data.train_dataset(
@@ -118,7 +121,8 @@ def run(config, workdir) -> dict:
             state = ckpt.restore(start_step, setup.abstract_state(), data_iter)
             log(f"resumed from {ckpt.directory} at step {start_step} (next phase: {plan.phase(start_step)})")
 
-        end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir)
+        end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir,
+                              evaluation.InTrainingEval(config, plan, setup.spec, corpus))
         ckpt.wait()
         if end_step < plan.total_steps:
             log(f"stopped at step {end_step} (config.train.stop_at_step); relaunch the same command to continue")
@@ -131,7 +135,7 @@ def run(config, workdir) -> dict:
     return result
 
 
-def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir):
+def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evaluator=None):
     config, plan, mesh = setup.config, setup.plan, setup.mesh
     compiled = {}
 
@@ -192,6 +196,8 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir):
             batch = jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), next(data_iter))
             phase = plan.phase(step)
             state, device_metrics = step_fn(phase)(state, batch)
+            if evaluator is not None and evaluator.due(step + 1):
+                writer.write(evaluator(state["params"], step + 1, phase))
             if pending is not None:
                 finish(*pending)
             pending = (step, phase, device_metrics)
@@ -222,10 +228,11 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh) -> dic
     models = []
     if plan.flip_step:
         params = ckpt.restore_params(plan.flip_step, _with_shardings(spec.abstract_params, spec.shardings(mesh)))
-        models.append((f"rope (step {plan.flip_step}, before the flip)", params, ROPE, not config.drope.qk_norm_at_flip))
+        models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", params, plan.pos,
+                       not config.drope.qk_norm_at_flip))
     final = ckpt.restore_params(plan.total_steps, _with_shardings(spec.abstract_params, spec.shardings(mesh)))
-    final_pos = NOPE if plan.flip_step is not None else ROPE
-    label = {None: "rope", 0: "nope"}.get(plan.flip_step, "drope")
+    final_pos = NOPE if plan.flip_step is not None else plan.pos
+    label = {None: plan.pos.kind, 0: "nope"}.get(plan.flip_step, "drope")
     models.append((f"{label} (step {plan.total_steps}, final)", final, final_pos, True))
 
     lengths = [m * seq_len for m in config.eval.lengths]

@@ -1,0 +1,50 @@
+"""Greedy decoding with a KV cache: one prefill over the prompt, then one token per step.
+
+The cache holds every layer's keys and values, ``{"k": [L, B, S, K, H], "v": ..., "length": int32}``,
+and works for every position encoding: RoPE (scaled or not) rotates each key once, at its own
+position, when it is written; ALiBi and sliding windows are masks over cache indices; NoPE needs
+nothing. Rows of a batch share one prompt length.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from drope_jax.model_config import ModelConfig
+from drope_jax.positions import PosEncoding
+from drope_jax.state import ModelSpec, apply
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+    dt = jnp.dtype(cfg.compute_dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "length": jnp.zeros((), jnp.int32)}
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "pos", "max_new_tokens", "use_qk_norm", "query_chunk",
+                                             "return_logits"))
+def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max_new_tokens: int,
+                    use_qk_norm: bool = True, query_chunk: int | None = None, return_logits: bool = False):
+    """The ``max_new_tokens`` [B, M] most likely continuations, one token at a time; with
+    ``return_logits`` also the logits [B, M, V] each token was chosen from."""
+    b, p = prompt_BP.shape
+    cache = init_cache(spec.cfg, b, p + max_new_tokens - 1)
+    run = functools.partial(apply, spec, params, pos=pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
+    logits_BPV, cache = run(prompt_BP, cache=cache)
+    first_logits_BV = logits_BPV[:, -1].astype(jnp.float32)
+
+    def step(carry, _):
+        logits_BV, cache = carry
+        token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        next_logits_B1V, cache = run(token_B[:, None], cache=cache)
+        return (next_logits_B1V[:, 0].astype(jnp.float32), cache), (token_B, logits_BV)
+
+    (last_logits_BV, _), (tokens_MB, logits_MBV) = jax.lax.scan(step, (first_logits_BV, cache), None,
+                                                                 length=max_new_tokens - 1)
+    tokens_BM = jnp.concatenate([tokens_MB.T, jnp.argmax(last_logits_BV, -1).astype(jnp.int32)[:, None]], axis=1)
+    if not return_logits:
+        return tokens_BM
+    return tokens_BM, jnp.concatenate([logits_MBV.swapaxes(0, 1), last_logits_BV[:, None]], axis=1)
