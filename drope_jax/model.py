@@ -177,7 +177,9 @@ class Transformer(nnx.Module):
         start = 0 if cache is None else cache["length"]
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(start + jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-        x_BTD = constrain(jnp.take(self.embed_VD[...], tokens_BT, axis=0).astype(dt), ("batch", "seq", "act_embed"))
+        # Gather the table's fsdp shards first, as for every other weight, then look rows up per batch shard.
+        embed_VD = constrain(self.embed_VD[...], ("vocab", None))
+        x_BTD = constrain(jnp.take(embed_VD, tokens_BT, axis=0).astype(dt), ("batch", "seq", "act_embed"))
 
         graphdef, layers = nnx.split(self.blocks)
         positional_L = pos.positional_layers(cfg.num_layers)
