@@ -1,0 +1,98 @@
+"""Where the train step's time goes: forward, forward+backward, the LM head + loss, and the whole step.
+
+  python bench/step_breakdown.py [--remat=dots_no_batch] [--batch=32] [--seq_len=1024]
+
+Each part is jitted on its own and timed as a median of 10 runs after 3 warm-ups, on the 0.5B
+config. Used to decide what to optimise; the headline numbers come from launch/benchmark.py.
+"""
+
+import argparse
+import functools
+import importlib.util
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from drope_jax import sharding
+from drope_jax.positions import ROPE
+from drope_jax.state import token_nll
+from drope_jax.step import loss_fn
+from drope_jax.train import make_setup
+
+
+def timed(fn, *args, n=10):
+    out = fn(*args)
+    for _ in range(2):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--remat", default="dots_no_batch")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq_len", type=int, default=1024)
+    args = p.parse_args()
+    spec_file = importlib.util.spec_from_file_location("cfg", "configs/0p5b_16b.py")
+    cfg_mod = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(cfg_mod)
+    config = cfg_mod.get_config()
+    config.model.remat = args.remat
+    config.train.global_batch_size = args.batch
+    config.data.seq_len = args.seq_len
+    setup = make_setup(config)
+    rng = np.random.default_rng(0)
+    with jax.set_mesh(setup.mesh):
+        state = setup.fresh_state()
+        tokens = sharding.host_batch_to_global(
+            rng.integers(0, 49152, (args.batch, args.seq_len + 1), dtype=np.int32), setup.mesh)
+        batch = {"tokens": tokens}
+        params = state["params"]
+        lf = functools.partial(loss_fn, spec=setup.spec, pos=ROPE, use_qk_norm=True)
+        fwd = jax.jit(lf)
+        fwd_bwd = jax.jit(jax.grad(lf))
+        d = config.model.d_model
+        x = jnp.asarray(rng.standard_normal((args.batch, args.seq_len, d)), jnp.bfloat16)
+
+        def head_loss(head_DV, x_BTD):
+            logits = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(jnp.bfloat16))
+            return jnp.mean(token_nll(logits, tokens[:, 1:]))
+
+        head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+        step = setup.phase_step("rope")
+        rows = {
+            "forward (loss)": timed(fwd, params, batch),
+            "forward+backward": timed(fwd_bwd, params, batch),
+            "LM head + loss, fwd+bwd": timed(head, params["lm_head_DV"], x),
+        }
+
+        def run_step(s):
+            return step(s, batch)
+
+        t_state = state
+        for _ in range(3):
+            t_state, m = run_step(t_state)
+        jax.block_until_ready(m)
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            t_state, m = run_step(t_state)
+            jax.block_until_ready(m)
+            times.append(time.perf_counter() - t)
+        rows["whole train step"] = statistics.median(times) * 1e3
+    print(f"{jax.devices()[0].device_kind} | remat {args.remat} | batch {args.batch} x seq {args.seq_len}")
+    for k, v in rows.items():
+        print(f"  {k:<28} {v:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
