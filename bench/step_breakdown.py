@@ -89,6 +89,10 @@ def main():
             jax.block_until_ready(m)
             times.append(time.perf_counter() - t)
         rows["whole train step"] = statistics.median(times) * 1e3
+        cost = step.lower(state, batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        print(f"compiled step: {cost.get('flops', 0) / 1e12:.1f} TFLOP, "
+              f"{cost.get('bytes accessed', 0) / 1e9:.1f} GB accessed (XLA's estimate)")
     print(f"{jax.devices()[0].device_kind} | remat {args.remat} | batch {args.batch} x seq {args.seq_len}")
     for k, v in rows.items():
         print(f"  {k:<28} {v:8.1f} ms")
