@@ -198,7 +198,7 @@ class Transformer(nnx.Module):
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT[cfg.remat], prevent_cse=False)
-        x_BTD, new_kv = jax.lax.scan(layer, x_BTD, xs)
+        x_BTD, new_kv = jax.lax.scan(layer, x_BTD, xs, unroll=cfg.scan_unroll)
 
         x_BTD = self.final_norm(x_BTD)
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]

@@ -32,6 +32,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "bfloat16"
     remat: str = "none"
+    scan_unroll: int = 1  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
     init_std: float = 0.02
 
     @property
