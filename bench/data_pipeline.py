@@ -50,7 +50,7 @@ def main():
         print("writing a synthetic 60M-token corpus ...", flush=True)
         args.data = str(synthetic_corpus(pathlib.Path(tmp.name), 60_000_000))
     corpus = data.Corpus(args.data)
-    ds = data.train_dataset(corpus.documents("train"), seq_len=args.seq_len, batch_per_process=args.batch, seed=0)
+    ds = data.train_dataset(corpus.documents("train"), seq_len=args.seq_len, global_batch_size=args.batch, seed=0)
     it = iter(ds)
     for _ in range(args.batches_per_window):  # warm-up
         next(it)

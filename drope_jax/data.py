@@ -2,9 +2,11 @@
 
 Each record is one tokenized document ending in EOS (no BOS), written by ``launch/prepare_data.py``.
 Documents are concatenated and split into rows of ``seq_len + 1`` tokens (inputs and shifted
-targets). Each process reads a disjoint slice of every epoch's shuffled order, and the iterator
-state is saved with each checkpoint, so a resumed run sees exactly the batches an uninterrupted
-one would.
+targets). Row r of every global batch is packed from its own stream, the documents r, r + B,
+r + 2B, ... of each epoch's shuffled order (B rows per batch). A process reads only the streams
+of its rows, so reads are disjoint, and the global batch is the same whatever the number of
+processes. The iterator state is saved with each checkpoint, so a resumed run sees exactly the
+batches an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -93,22 +95,66 @@ def python_stdlib_corpus(val_fraction: float) -> pathlib.Path:
     return target
 
 
-def document_stream(documents: grain.MapDataset, *, seed: int, process_index: int = 0,
-                    process_count: int = 1) -> grain.MapDataset:
-    """This process's documents, in an order reshuffled every epoch; infinite."""
-    return documents.shuffle(seed=seed)[process_index::process_count].repeat(None)
+def document_stream(documents: grain.MapDataset, *, seed: int, stream_index: int = 0,
+                    num_streams: int = 1) -> grain.MapDataset:
+    """One stream's documents: every ``num_streams``-th of each epoch's shuffled order; infinite."""
+    return documents.shuffle(seed=seed)[stream_index::num_streams].repeat(None)
 
 
-def train_dataset(documents: grain.MapDataset, *, seq_len: int, batch_per_process: int, seed: int,
+def train_dataset(documents: grain.MapDataset, *, seq_len: int, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
                   document_masking: bool = False) -> grain.IterDataset:
-    """Batches of ``{"tokens": int32 [batch, seq_len + 1]}``; with ``document_masking`` also
-    ``segment_ids`` and per-document ``positions`` of the same shape."""
-    ds = document_stream(documents, seed=seed, process_index=process_index, process_count=process_count)
-    ds = ds.map(lambda doc: {"tokens": doc}).to_iter_dataset()
-    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
+    """This process's rows of each global batch, ``{"tokens": int32 [global_batch_size // process_count,
+    seq_len + 1]}``; with ``document_masking`` also ``segment_ids`` and per-document ``positions``.
+
+    Process p holds rows [p * n, (p + 1) * n) of the global batch (n rows per process), the rows its
+    devices hold under ``sharding.host_batch_to_global``.
+    """
+    if global_batch_size % process_count:
+        raise ConfigError(f"config.train.global_batch_size ({global_batch_size}) must be divisible by the "
+                          f"{process_count} processes")
+    rows = global_batch_size // process_count
     keys = {"tokens": "tokens", "segment_ids": "tokens_segment_ids", "positions": "tokens_positions"}
     if not document_masking:
         keys = {"tokens": "tokens"}
-    ds = ds.batch(batch_per_process, drop_remainder=True)
-    return ds.map(lambda b: {k: b[src].astype(np.int32) for k, src in keys.items()})
+
+    def row_stream(row: int) -> grain.IterDataset:
+        ds = document_stream(documents, seed=seed, stream_index=row, num_streams=global_batch_size)
+        # Reads in the calling thread: a read-ahead pool per row stream costs more than the reads.
+        ds = ds.map(lambda doc: {"tokens": doc}).to_iter_dataset(grain.ReadOptions(num_threads=0))
+        return grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
+
+    streams = [row_stream(r) for r in range(process_index * rows, (process_index + 1) * rows)]
+    return _JsonStateSafe(grain.experimental.ZipIterDataset(streams).map(
+        lambda packed: {k: np.stack([p[src] for p in packed]).astype(np.int32) for k, src in keys.items()}))
+
+
+class _JsonStateSafe(grain.IterDataset):
+    """Its iterator accepts a state that went through JSON, as every checkpointed state does.
+
+    Grain's packing marks "no remainder" with the tuple (-1, -1); JSON turns it into a list, which
+    ``set_state`` then takes for a remainder, and the resumed stream skips ahead.
+    """
+
+    def __iter__(self):
+        return _JsonStateSafeIterator(self._parent.__iter__())
+
+
+class _JsonStateSafeIterator(grain.DatasetIterator):
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(_slices_as_tuples(state))
+
+
+def _slices_as_tuples(state):
+    if isinstance(state, dict):
+        return {k: ({f: tuple(sl) for f, sl in v.items()} if k == "remainder_slices" else _slices_as_tuples(v))
+                for k, v in state.items()}
+    if isinstance(state, list):
+        return [_slices_as_tuples(v) for v in state]
+    return state

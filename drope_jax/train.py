@@ -98,9 +98,8 @@ def run(config, workdir) -> dict:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
-    batch_per_process = config.train.global_batch_size // jax.process_count()
     data_iter = iter(data.train_dataset(
-        corpus.documents("train"), seq_len=config.data.seq_len, batch_per_process=batch_per_process,
+        corpus.documents("train"), seq_len=config.data.seq_len, global_batch_size=config.train.global_batch_size,
         seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count(),
         document_masking=config.data.document_masking))
 

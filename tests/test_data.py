@@ -27,7 +27,7 @@ def take(iterator, n):
 
 @pytest.mark.parametrize("interrupt_at", [1, 4, 9])  # 9 batches span more than one epoch of these documents
 def test_resumed_stream_equals_uninterrupted_stream(interrupt_at):
-    ds = data.train_dataset(numbered_documents(), seq_len=15, batch_per_process=4, seed=3)
+    ds = data.train_dataset(numbered_documents(), seq_len=15, global_batch_size=4, seed=3)
     straight = take(iter(ds), 14)
     first = iter(ds)
     take(first, interrupt_at)
@@ -48,23 +48,34 @@ def test_each_epoch_is_reshuffled():
     assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
 
 
-def test_processes_read_disjoint_parts_that_cover_the_dataset_once_per_epoch():
+def test_row_streams_read_disjoint_parts_that_cover_the_dataset_once_per_epoch():
     docs = numbered_documents(n=23)
     per_process = len(docs) // 2 + 1
     seen = []
     for p in range(2):
-        stream = data.document_stream(docs, seed=5, process_index=p, process_count=2)
+        stream = data.document_stream(docs, seed=5, stream_index=p, num_streams=2)
         epoch_len = len(range(p, len(docs), 2))
         seen.extend(int(stream[i][0]) for i in range(epoch_len))
         assert epoch_len <= per_process
     assert sorted(seen) == sorted(int(d[0]) for d in docs)
 
 
+def test_processes_read_disjoint_rows_of_the_same_global_batches():
+    docs = numbered_documents(n=41)
+    one = iter(data.train_dataset(docs, seq_len=7, global_batch_size=4, seed=2))
+    two = [iter(data.train_dataset(docs, seq_len=7, global_batch_size=4, seed=2, process_index=p, process_count=2))
+           for p in range(2)]
+    for _ in range(12):  # several epochs of every row stream
+        local = [next(it)["tokens"] for it in two]
+        np.testing.assert_array_equal(np.concatenate(local), next(one)["tokens"])
+        assert not set(local[0].ravel().tolist()) & set(local[1].ravel().tolist())
+
+
 def test_packing_loses_only_the_remainder():
     docs = numbered_documents(n=20)
     seq_len = 15
     total = sum(len(d) for d in docs)
-    rows = take(iter(data.train_dataset(docs, seq_len=seq_len, batch_per_process=1, seed=0)),
+    rows = take(iter(data.train_dataset(docs, seq_len=seq_len, global_batch_size=1, seed=0)),
                 total // (seq_len + 1) + 2)
     rows = [r.ravel() for r in rows]
     tokens = np.concatenate(rows)
@@ -78,7 +89,7 @@ def test_packing_loses_only_the_remainder():
 
 
 def test_document_masking_yields_segments_and_positions():
-    ds = data.train_dataset(numbered_documents(), seq_len=31, batch_per_process=2, seed=0, document_masking=True)
+    ds = data.train_dataset(numbered_documents(), seq_len=31, global_batch_size=2, seed=0, document_masking=True)
     batch = next(iter(ds))
     assert set(batch) == {"tokens", "segment_ids", "positions"}
     seg, pos, tok = batch["segment_ids"][0], batch["positions"][0], batch["tokens"][0]
