@@ -18,6 +18,8 @@ setup(
         "absl-py>=2.3",
         "numpy>=2.0",
         "tensorboardX>=2.6",
+        "matplotlib>=3.8",  # launch/evaluate.py's plots
+        "tqdm>=4.60",  # launch/evaluate.py's progress bar
     ],
     extras_require={
         # torch pinned: this exact version installs a CPU build; an unpinned one pulls GBs of CUDA wheels

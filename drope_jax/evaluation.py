@@ -52,8 +52,10 @@ class InTrainingEval:
     def __init__(self, config, plan, spec: ModelSpec, corpus):
         self.config, self.plan, self.spec = config, plan, spec
         self.every = config.eval.every_steps or 0
-        seq_len, n = config.data.seq_len, config.eval.num_sequences
-        self.sequences = {m: corpus.eval_sequences(m * seq_len, n) for m in config.eval.lengths} if self.every else {}
+        seq_len, n, longest = config.data.seq_len, config.eval.num_sequences, max(config.eval.lengths)
+        # the same held-out text at every length (n rows of the longest), so lengths compare context, not text
+        self.sequences = {m: corpus.eval_sequences(m * seq_len, n * longest // m)
+                          for m in config.eval.lengths} if self.every else {}
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0

@@ -1,0 +1,177 @@
+"""What each evaluation method runs: which weights of a run, under which position encoding, at a length.
+
+- ``drope``: the final (or ``--step``) weights with NoPE in every layer; ``drope_logn`` adds log-n
+  query scaling past the training context (an extension, off by default).
+- ``rope``, ``pi``, ``ntk``, ``yarn``: the last RoPE-phase weights (for a DroPE run, the flip-step
+  checkpoint, so the comparison uses the same weights), unscaled or scaled by the length multiple.
+- ``nope``, ``alibi``, ``rnope_swa``: the final weights of a run trained from scratch with that
+  encoding (config.positions), under it.
+
+``NAME@WORKDIR`` takes the weights from another run, so one report can compare runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import ml_collections
+
+from drope_jax import checkpoint, sharding
+from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.positions import NOPE, PosEncoding
+from drope_jax.run_config import default_config, make_plan
+from drope_jax.state import model_spec
+
+SCALINGS = {"rope": "none", "pi": "linear", "ntk": "ntk", "yarn": "yarn"}
+TRAINED = {  # whether a run's (config.positions, flip step) was trained with the method from scratch
+    "nope": lambda p, flip: flip == 0 or (p.kind == "nope" and flip is None),
+    "alibi": lambda p, flip: p.kind == "alibi" and flip is None,
+    "rnope_swa": lambda p, flip: p.kind == "rope" and p.nope_every > 0 and p.window > 0 and flip is None,
+}
+METHODS = ("drope", "drope_logn", *SCALINGS, *TRAINED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    params: dict
+    step: int | None
+    phase: str  # "rope" or "nope": the phase these weights were trained in
+    use_qk_norm: bool
+    source: str
+
+
+class Run:
+    """A training workdir (its config.json and checkpoints), or a Hugging Face directory (``hf:DIR``)."""
+
+    def __init__(self, workdir, *, config=None, step: int | None = None, init_from: str = "", log=print):
+        self.workdir, self.step, self.log = pathlib.Path(workdir), step, log
+        self.config = config if config is not None else load_run_config(self.workdir)
+        self.plan = make_plan(self.config)
+        self.init_from = init_from
+        self.mesh = sharding.make_mesh(devices=jax.devices()[:1] if jax.default_backend() == "cpu" else None)
+        self._cache: dict = {}
+        if init_from:
+            if not init_from.startswith("hf:"):
+                raise ConfigError(f"--init_from={init_from!r}: give hf:DIR (a Hugging Face checkpoint directory)")
+            self.flip_step = None
+            self.trained_pos = self._hf_positions(init_from[3:])
+            self.model = self.plan.model
+            self.final_step = None
+        else:
+            self.ckpt = checkpoint.Checkpointer(self.workdir / "checkpoints", async_save=False)
+            latest = self.ckpt.latest_step()
+            if latest is None:
+                raise ConfigError(f"{self.workdir}/checkpoints holds no complete checkpoint; train first, or pass "
+                                  "--init_from=hf:DIR")
+            self.final_step = latest if step is None else step
+            if self.final_step not in self.ckpt.all_steps():
+                raise ConfigError(f"--step={step}: {self.workdir} has checkpoints {self.ckpt.all_steps()}")
+            meta = self.ckpt.meta(self.final_step)
+            self.model = ModelConfig.from_dict(meta["model"])
+            self.flip_step = meta.get("flip_step")
+            self.trained_pos = self.plan.pos
+        self.spec = model_spec(self.model)  # one object: jitted functions take it as a static argument
+
+    @property
+    def context(self) -> int:
+        return self.config.data.seq_len
+
+    def weights(self, which: str) -> Weights:
+        """``final``: the step evaluated; ``rope_phase``: the last weights trained with config.positions."""
+        if which not in self._cache:
+            self._cache[which] = self._load(which)
+        return self._cache[which]
+
+    def _load(self, which: str) -> Weights:
+        qk_at_flip = self.config.drope.qk_norm_at_flip
+        if self.init_from:
+            from drope_jax.hf.load import load_hf
+            params, _ = load_hf(self.init_from[3:], self.model, mesh=self.mesh, log=self.log)
+            return Weights(params, None, "nope" if self.trained_pos == NOPE else "rope", True, self.init_from)
+        step = self.final_step
+        if which == "rope_phase":
+            if self.flip_step == 0:
+                raise ConfigError(f"{self.workdir} trained without positions from step 0: it has no RoPE-phase "
+                                  "weights; evaluate RoPE baselines from another run, e.g. --methods=rope@WORKDIR")
+            if self.flip_step is not None and self.flip_step < self.final_step:
+                step = self.flip_step
+                if step not in self.ckpt.all_steps():
+                    raise ConfigError(f"{self.workdir} lacks the flip-step checkpoint {step} that the RoPE baselines "
+                                      "use (train.py preserves it; was it deleted?)")
+        phase = self.ckpt.meta(step)["phase"]
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                self.spec.abstract_params, self.spec.shardings(self.mesh))
+        params = self.ckpt.restore_params(step, abstract)
+        return Weights(params, step, phase, phase == "nope" or not qk_at_flip, f"{self.workdir} step {step}")
+
+    def _hf_positions(self, hf_dir) -> PosEncoding:
+        from drope_jax.hf.configs import read_source
+        source = read_source(hf_dir)
+        if source.position != "mixed":
+            return NOPE if source.position == "nope" else PosEncoding("rope")
+        flags = source.config.get("no_rope_layers") or []
+        for every in range(2, len(flags) + 1):
+            if list(PosEncoding("rope", nope_every=every).positional_layers(len(flags))) == [bool(f) for f in flags]:
+                return PosEncoding("rope", nope_every=every)
+        raise ConfigError(f"{hf_dir}: no_rope_layers={flags} is not a periodic pattern (PosEncoding.nope_every)")
+
+
+def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist (launch/tpu_run.py writes it); pass the run's --config=FILE")
+    c = default_config()
+    _update(c, json.loads(path.read_text()))
+    return c
+
+
+def _update(c, values: dict) -> None:
+    for key, value in values.items():
+        if key not in c:
+            continue  # a key this version no longer has
+        if isinstance(value, dict) and isinstance(c[key], ml_collections.ConfigDict):
+            _update(c[key], value)
+        else:
+            c[key] = tuple(value) if isinstance(value, list) else value
+
+
+def method_weights(name: str) -> str:
+    return "rope_phase" if name in SCALINGS else "final"
+
+
+def method_pos(name: str, run: Run, factor: float) -> PosEncoding:
+    """The encoding ``name`` evaluates with at ``factor`` x the training context."""
+    if name == "drope":
+        return NOPE
+    if name == "drope_logn":
+        return PosEncoding("nope", log_n=True, original_length=run.context)
+    if name in SCALINGS:
+        if run.trained_pos.kind != "rope":
+            raise ConfigError(f"method {name} scales RoPE; {run.workdir} was trained with "
+                              f"config.positions.kind={run.trained_pos.kind!r}")
+        scaling = SCALINGS[name] if factor > 1 else "none"
+        return dataclasses.replace(run.trained_pos, scaling=scaling, factor=max(factor, 1.0),
+                                   original_length=run.context)
+    if name in TRAINED:
+        if not TRAINED[name](run.trained_pos, run.flip_step):
+            raise ConfigError(f"method {name} evaluates a run trained with it from scratch; {run.workdir} was trained "
+                              f"with {run.trained_pos.describe()} (flip step {run.flip_step}); point it at such a "
+                              f"run with --methods={name}@WORKDIR")
+        return NOPE if name == "nope" else run.trained_pos
+    raise ConfigError(f"unknown method {name!r}; choose from {METHODS} (optionally NAME@WORKDIR)")
+
+
+def parse_methods(spec: str) -> list[tuple[str, str | None]]:
+    """"drope,rope,alibi@/runs/alibi" -> [("drope", None), ("rope", None), ("alibi", "/runs/alibi")]."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, where = item.partition("@")
+        if name not in METHODS:
+            raise ConfigError(f"--methods: unknown method {name!r}; choose from {METHODS} (optionally NAME@WORKDIR)")
+        out.append((name, where or None))
+    if not out:
+        raise ConfigError("--methods is empty")
+    return out

@@ -1,0 +1,64 @@
+"""Long-context evaluation: perplexity by length and RULER-style needle tasks, for DroPE and every baseline.
+
+  python launch/evaluate.py --workdir=DIR [--step=N] [--init_from=hf:DIR] \
+      --methods=drope,rope,pi,ntk,yarn --lengths=1,2,4,8 --tasks=ppl,niah
+
+Lengths are multiples of the training context (config.data.seq_len). For a DroPE run the RoPE
+baselines (rope, pi, ntk, yarn) use the flip-step checkpoint and drope the final (or --step) one.
+Other methods: drope_logn (NoPE with log-n query scaling), and nope, alibi, rnope_swa for runs trained
+with them from scratch; NAME@WORKDIR takes a method's weights from another run. The run's config is
+read from DIR/config.json (written by launch/tpu_run.py), or given with --config. Writes DIR/eval/:
+results.json, report.md, ppl_vs_length.png, loss_by_position.png, niah_heatmap.png.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from drope_jax import eval_report, eval_suite, niah
+from drope_jax.eval_methods import Run, parse_methods
+from drope_jax.launch_utils import parse_flags_or_exit
+from drope_jax.model_config import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (default: WORKDIR/config.json).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir; results go to WORKDIR/eval.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for drope and from-scratch methods (default: latest).")
+_INIT_FROM = flags.DEFINE_string("init_from", "", "hf:DIR: evaluate a Hugging Face checkpoint (needs --config).")
+_METHODS = flags.DEFINE_string("methods", "drope,rope,pi,ntk,yarn", "Comma-separated methods (NAME or NAME@WORKDIR).")
+_LENGTHS = flags.DEFINE_list("lengths", ["1", "2", "4", "8"], "Multiples of the training context.")
+_TASKS = flags.DEFINE_list("tasks", ["ppl", "niah"], "ppl and/or niah.")
+_NIAH_TASKS = flags.DEFINE_list("niah_tasks", list(niah.TASKS), "NIAH tasks.")
+_DEPTHS = flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "Needle depths, fractions of the haystack.")
+_SAMPLES = flags.DEFINE_integer("niah_samples", 8, "Prompts per NIAH task x length x depth.")
+_SEQUENCES = flags.DEFINE_integer("ppl_sequences", 16, "Held-out sequences per length for perplexity.")
+_BATCH = flags.DEFINE_integer("batch_size", 4, "Sequences per forward pass.")
+_CHUNK = flags.DEFINE_integer("query_chunk", 1024, "Attention queries per chunk (memory linear in length); 0: none.")
+_TEMPLATE = flags.DEFINE_enum("template", "auto", ["auto", *niah.TEMPLATES], "NIAH wording.")
+_VALUES = flags.DEFINE_enum("values", "number", ["number", "word"], "NIAH needle values.")
+_SEED = flags.DEFINE_integer("seed", 0, "NIAH seed.")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        settings = eval_suite.Settings(
+            methods=tuple(parse_methods(_METHODS.value)), lengths=tuple(int(m) for m in _LENGTHS.value),
+            tasks=tuple(_TASKS.value), niah_tasks=tuple(_NIAH_TASKS.value),
+            depths=tuple(float(d) for d in _DEPTHS.value), niah_samples=_SAMPLES.value,
+            ppl_sequences=_SEQUENCES.value, batch_size=_BATCH.value, query_chunk=_CHUNK.value,
+            template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value)
+        run = Run(_WORKDIR.value, config=_CONFIG.value, step=_STEP.value, init_from=_INIT_FROM.value)
+        results = eval_suite.evaluate(run, settings)
+        results["command"] = " ".join(["python"] + sys.argv)
+        written = eval_report.write(results, _OUT.value or f"{_WORKDIR.value}/eval")
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    print(eval_report.markdown(results))
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags_or_exit)
