@@ -11,7 +11,8 @@ from drope_jax.run_config import default_config
 def get_config():
     c = default_config()
     c.model.update(vocab_size=49152, d_model=1024, num_layers=24, num_heads=16, num_kv_heads=16, mlp_dim=4096,
-                   tie_embeddings=False, rope_theta=10000.0, compute_dtype="bfloat16", remat="dots_no_batch")
+                   tie_embeddings=False, rope_theta=10000.0, compute_dtype="bfloat16", remat="dots_no_batch",
+                   scan_unroll=24)  # fully unrolled: 1.13x faster steps on an H200 (docs/performance.md)
     c.data.update(source="arrayrecord", path="", seq_len=1024)
     c.train.update(global_batch_size=512, total_tokens=16_000_000_000)
     c.optim.update(lr=3e-4, schedule="cosine", warmup_steps=1000, min_lr_ratio=0.1, weight_decay=0.0, grad_clip=1.0)

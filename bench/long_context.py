@@ -1,0 +1,50 @@
+"""The 0.5B model's evaluation forward at long contexts: tokens/s and peak memory, one sequence at a time.
+
+  python bench/long_context.py [--lengths=8192,16384,32768] [--pos=nope]
+
+Runs ``drope_jax.evaluation.position_nll`` (the evaluator's own forward + per-token loss) on random
+tokens with random weights; the median of 5 timed calls after a warm-up.
+"""
+
+import argparse
+import importlib.util
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from drope_jax import evaluation
+from drope_jax.positions import NOPE, ROPE
+from drope_jax.train import make_setup
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--lengths", default="8192,16384,32768")
+    p.add_argument("--pos", default="nope", choices=["rope", "nope"])
+    args = p.parse_args()
+    spec_file = importlib.util.spec_from_file_location("cfg", "configs/0p5b_16b.py")
+    module = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(module)
+    setup = make_setup(module.get_config())
+    pos = NOPE if args.pos == "nope" else ROPE
+    rng = np.random.default_rng(0)
+    with jax.set_mesh(setup.mesh):
+        params = setup.fresh_state()["params"]
+        for length in map(int, args.lengths.split(",")):
+            tokens = rng.integers(0, setup.plan.model.vocab_size, (1, length + 1), dtype=np.int32)
+            evaluation.position_nll(setup.spec, params, tokens, pos, batch_size=1)  # compile + warm-up
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                evaluation.position_nll(setup.spec, params, tokens, pos, batch_size=1)
+                times.append(time.perf_counter() - t)
+            peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
+            print(f"{jax.devices()[0].device_kind} | {args.pos} forward at {length:,} tokens: "
+                  f"{statistics.median(times) * 1e3:.1f} ms, {length / statistics.median(times):,.0f} tokens/s, "
+                  f"peak memory {peak / 2**30:.1f} GiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
