@@ -3,17 +3,24 @@
 A checkpoint at step ``s`` holds the state after ``s`` updates. Its metadata records the phase
 its weights were trained in, the flip step and the model config, so a relaunch knows where it
 is and refuses a workdir that belongs to another model. Orbax writes each checkpoint under a
-temporary name and renames it when complete, so an interrupted save is never read as whole.
+temporary name and renames it when complete, so an interrupted save is never read as whole, and
+it deletes old checkpoints only after a newer one is complete. A state with a non-finite value
+is never saved, and a failed write (a full disk) raises ``NotSaved``, keeping the complete ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import time
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from flax import traverse_util
 
 from drope_jax.model_config import ConfigError, ModelConfig
@@ -21,6 +28,23 @@ from drope_jax.model_config import ConfigError, ModelConfig
 # Fields that change parameter shapes; the others (dtypes of compute, remat, ...) may differ on resume.
 SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim", "head_dim",
                 "tie_embeddings", "attention_bias", "qk_norm")
+
+
+class NotSaved(RuntimeError):
+    """A checkpoint was not written; the complete ones on disk are kept."""
+
+
+def ensure_writable(directory) -> None:
+    """Fails at start-up, before anything compiles, if no checkpoint could be written to ``directory``."""
+    directory = pathlib.Path(directory)
+    probe = directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write checkpoints to {directory} ({e.strerror or e}); free space there, fix its "
+                          "permissions, or pass another --workdir") from None
 
 
 class _IteratorSnapshot:
@@ -57,12 +81,26 @@ class Checkpointer:
     def meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+    def newest_complete(self) -> int | None:
+        """The newest complete checkpoint on disk now (rereads the directory)."""
+        self.manager.reload()
+        return self.manager.latest_step()
+
     def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state),
-            data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_state)),
-            meta=ocp.args.JsonSave(meta),
-        ), force=True)
+        """Starts writing a checkpoint (asynchronously if so configured); a failure raises ``NotSaved``,
+        here or from a later ``save`` or ``wait``."""
+        bad = nonfinite_leaves(state)
+        if bad:
+            raise NotSaved(f"step {step}: the train state has non-finite values in {', '.join(bad[:4])}"
+                           f"{' ...' if len(bad) > 4 else ''}; not saved, so {self.kept()}")
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(state),
+                data=grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_state)),
+                meta=ocp.args.JsonSave(meta),
+            ), force=True)
+        except Exception as e:
+            raise self._write_failed(e) from e
 
     def restore(self, step: int, abstract_state, data_iterator=None):
         """The train state placed like ``abstract_state`` (ShapeDtypeStructs with shardings)."""
@@ -77,10 +115,51 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; raises ``NotSaved`` if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_failed(e) from e
+
+    def settle(self) -> None:
+        """Lets a save in flight finish while another error stops the run; that error says more than this one."""
+        with contextlib.suppress(Exception):
+            self.manager.wait_until_finished()
+
+    def set_aside(self, step: int) -> pathlib.Path:
+        """Renames checkpoint ``step`` out of Orbax's sight (nothing is deleted); returns its new path."""
+        target = self.directory / f"{step}.unreadable-{int(time.time())}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
+        multihost_utils.sync_global_devices(f"drope_jax set aside checkpoint {step}")
+        self.manager.reload()
+        return target
+
+    def kept(self) -> str:
+        """Names the newest complete checkpoint on disk, which a failed or refused save leaves in place."""
+        newest = self.newest_complete()
+        where = "none" if newest is None else f"step {newest}"
+        return f"the newest complete checkpoint in {self.directory} ({where}) is kept"
+
+    def _write_failed(self, e: Exception) -> NotSaved:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return NotSaved(f"writing a checkpoint to {self.directory} failed ({first_line[:400]}); {self.kept()}. "
+                        "Free space there (or fix the file system) and relaunch the same command")
 
     def close(self) -> None:
         self.manager.close()
+
+
+@jax.jit
+def _finite_flags(tree):
+    return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True, tree)
+
+
+def nonfinite_leaves(tree) -> list[str]:
+    """Paths (``params/blocks/...``) of the leaves holding a NaN or an infinity."""
+    flags = jax.device_get(_finite_flags(tree))
+    return [jax.tree_util.keystr(path, simple=True, separator="/")
+            for path, ok in jax.tree_util.tree_flatten_with_path(flags)[0] if not ok]
 
 
 def _restore_args(abstract, partial: bool = False) -> ocp.args.PyTreeRestore:

@@ -57,8 +57,17 @@ def default_config() -> ml_collections.ConfigDict:
         nope_every=0,  # >0: every nope_every-th layer has no position encoding and full attention
         window=0,  # >0: the other layers attend to the last `window` tokens; RNoPE-SWA: kind="rope", nope_every=4
     ))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, keep=3, async_save=True))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1,
+                                            num_devices=-1))  # >0: only the first N devices (one process)
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=100, keep=3, async_save=True,
+        fallback_on_corrupt=False,  # True: set an unreadable newest checkpoint aside and resume from an older one
+    ))
+    c.faults = ml_collections.ConfigDict(dict(  # injected faults, for reliability tests and drills only
+        nonfinite_loss_at=(),  # steps (as logged, from 1) whose loss is made NaN
+        nonfinite_grads_at=(),  # steps whose gradients are made NaN, the loss staying finite
+        nonfinite_params_at=(),  # steps after whose update a parameter is NaN, unseen by that step's check
+    ))
     c.log = ml_collections.ConfigDict(dict(every_steps=10))
     c.eval = ml_collections.ConfigDict(dict(
         lengths=(1, 2, 4),  # multiples of data.seq_len, for the final and the in-training perplexity

@@ -39,9 +39,21 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A (data, fsdp, tensor) mesh; one size may be -1, meaning all remaining devices."""
-    devices = list(jax.devices() if devices is None else devices)
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None,
+              num_devices: int = -1) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh; one size may be -1, meaning all remaining devices.
+
+    ``num_devices`` > 0 uses only the first that many devices (one process only), e.g. to resume a
+    checkpoint on fewer devices than wrote it.
+    """
+    if devices is None:
+        devices = jax.devices()
+        if num_devices != -1:
+            if not 0 < num_devices <= len(devices) or jax.process_count() > 1:
+                raise ConfigError(f"config.mesh.num_devices={num_devices}: use -1 (all devices) or 1..{len(devices)}"
+                                  f"{'; a run of several processes uses all devices' if jax.process_count() > 1 else ''}")
+            devices = devices[:num_devices]
+    devices = list(devices)
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:

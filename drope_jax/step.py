@@ -40,8 +40,10 @@ def loss_fn(params, batch, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bo
     return jnp.mean(token_nll(logits_BTV, batch["tokens"][:, 1:]))
 
 
-def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm: bool, grad_accum: int = 1):
-    """A pure ``(state, batch) -> (state, metrics)``; see ``loss_fn`` for the batch."""
+def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm: bool, grad_accum: int = 1,
+                    faults=None):
+    """A pure ``(state, batch) -> (state, metrics)``; see ``loss_fn`` for the batch. ``faults``: a
+    ``faults.Faults`` whose non-finite values are injected (tests and drills only)."""
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, spec=spec, pos=pos, use_qk_norm=use_qk_norm))
 
     def step(state, batch):
@@ -62,6 +64,8 @@ def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm
             (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros(()), zeros), micro_batches)
             loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
 
+        if faults is not None:
+            loss, grads = faults.corrupt_loss_and_grads(state["step"] + 1, loss, grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         lr = lr_fn(state["step"])
@@ -71,6 +75,8 @@ def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm
             lambda: (jax.tree.map(jnp.zeros_like, params), state["opt_state"]),
         )
         new_params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
+        if faults is not None:
+            new_params = faults.corrupt_params(state["step"] + 1, new_params)
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "nonfinite": ~finite}
         return new_state, metrics

@@ -8,13 +8,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import time
 from typing import Any
 
 import jax
 
-from drope_jax import checkpoint, data, evaluation, metrics, optim, sharding
+from drope_jax import checkpoint, data, evaluation, metrics, optim, preemption, resume, sharding
+from drope_jax.faults import Faults
 from drope_jax.model_config import ConfigError
 from drope_jax.positions import NOPE
 from drope_jax.run_config import Plan, make_plan
@@ -55,7 +57,8 @@ class Setup:
         """The jitted train step of one phase: RoPE before the flip, NoPE after it."""
         use_qk_norm = phase == "nope" or not self.config.drope.qk_norm_at_flip
         fn = make_train_step(self.spec, self.tx, self.lr_fn, pos=self.plan.phase_pos(phase),
-                             use_qk_norm=use_qk_norm, grad_accum=self.config.train.grad_accum)
+                             use_qk_norm=use_qk_norm, grad_accum=self.config.train.grad_accum,
+                             faults=Faults.from_config(self.config.faults))
         return jit_train_step(fn, self.state_sh, self.mesh)
 
     def fresh_state(self, params=None):
@@ -84,16 +87,12 @@ def run(config, workdir) -> dict:
     if corpus.vocab_size > plan.model.vocab_size:
         raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
                           f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
+    checkpoint.ensure_writable(workdir / "checkpoints")
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
                                    preserve_steps=[] if plan.flip_step is None else [plan.flip_step],
                                    async_save=config.checkpoint.async_save)
-    start_step = ckpt.latest_step()
-    if start_step is not None:
-        meta = ckpt.meta(start_step)
-        checkpoint.check_same_model(meta, plan.model, workdir)
-        if meta["flip_step"] != plan.flip_step:
-            raise ConfigError(f"{workdir} was trained with the flip at step {meta['flip_step']}, the config says "
-                              f"{plan.flip_step}; restore config.drope or use a new --workdir")
+    fallback = config.checkpoint.fallback_on_corrupt
+    start_step = resume.resume_step(ckpt, plan, workdir, fallback=fallback, log=log)
     if jax.process_index() == 0:  # launch/evaluate.py reads the run's data, context and positions from it
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
@@ -117,14 +116,18 @@ def run(config, workdir) -> dict:
             state = setup.fresh_state(params)
             start_step = 0
         else:
-            state = ckpt.restore(start_step, setup.abstract_state(), data_iter)
+            start_step, state = resume.restore(ckpt, start_step, setup.abstract_state(), data_iter, plan=plan,
+                                               workdir=workdir, fallback=fallback, log=log)
             log(f"resumed from {ckpt.directory} at step {start_step} (next phase: {plan.phase(start_step)})")
 
-        end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir,
-                              evaluation.InTrainingEval(config, plan, setup.spec, corpus))
-        ckpt.wait()
+        with preemption.Watch(ckpt) as preempt:
+            end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir,
+                                  evaluation.InTrainingEval(config, plan, setup.spec, corpus), preempt)
+            ckpt.wait()
         if end_step < plan.total_steps:
-            log(f"stopped at step {end_step} (config.train.stop_at_step); relaunch the same command to continue")
+            why = "preempted by SIGTERM" if preempt.stopped_at is not None else "config.train.stop_at_step"
+            log(f"stopped at step {end_step} ({why}); its checkpoint is in {ckpt.directory}; relaunch the same "
+                f"command to resume from step {end_step}")
             ckpt.close()
             return {}
         result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh)
@@ -134,7 +137,7 @@ def run(config, workdir) -> dict:
     return result
 
 
-def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evaluator=None):
+def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evaluator=None, preempt=None):
     config, plan, mesh = setup.config, setup.plan, setup.mesh
     compiled = {}
 
@@ -155,15 +158,17 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
         consecutive_faults = consecutive_faults + 1 if m["nonfinite"] else 0
         if consecutive_faults and (config.train.nonfinite == "stop"
                                    or consecutive_faults >= config.train.max_consecutive_nonfinite):
-            raise TrainingStopped(f"step {step}: non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) "
-                                  f"{consecutive_faults} time(s) in a row; the update was skipped and the last "
-                                  f"good checkpoint in {ckpt.directory} is kept")
+            culprit = " and ".join(f"{k} {m[k]}" for k in ("loss", "grad_norm") if not math.isfinite(m[k]))
+            raise TrainingStopped(f"step {step + 1}: non-finite {culprit}; {consecutive_faults} step(s) in a row "
+                                  f"were skipped (config.train.nonfinite={config.train.nonfinite!r}, "
+                                  f"max_consecutive_nonfinite={config.train.max_consecutive_nonfinite}); "
+                                  f"the last good checkpoint in {ckpt.directory} is kept")
         now = time.time()
         interval_steps += 1
         if (step + 1) % config.log.every_steps and step + 1 != plan.total_steps:
             return
         tokens_per_sec = interval_steps * plan.tokens_per_step / max(now - interval_start, 1e-9)
-        mfu = metrics.mfu(tokens_per_sec, plan.model, config.data.seq_len, jax.device_count())
+        mfu = metrics.mfu(tokens_per_sec, plan.model, config.data.seq_len, mesh.size)
         eta = (plan.total_steps - step - 1) * plan.tokens_per_step / tokens_per_sec
         record = {"step": step + 1, "tokens": (step + 1) * plan.tokens_per_step, "phase": phase,
                   "loss": m["loss"], "lr": m["lr"], "grad_norm": m["grad_norm"],
@@ -179,13 +184,16 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
     def save(step):
         meta = {"step": step, "phase": plan.phase(step - 1) if step else "rope", "flip_step": plan.flip_step,
                 "tokens": step * plan.tokens_per_step, "model": plan.model.to_dict(),
-                "qk_norm_at_flip": config.drope.qk_norm_at_flip}
+                "qk_norm_at_flip": config.drope.qk_norm_at_flip, "process_count": jax.process_count()}
         ckpt.save(step, state, data_iter.get_state(), meta)
 
     end_step = plan.total_steps if config.train.stop_at_step is None else min(config.train.stop_at_step,
                                                                              plan.total_steps)
     try:
         for step in range(start_step, end_step):
+            if preempt is not None and preempt.reached(step):
+                end_step = step  # saved below, unless nothing was trained since the resume
+                break
             if step == plan.flip_step:
                 if step != start_step:
                     save(step)  # the last RoPE-phase state: kept whatever the keep-N policy says
@@ -204,6 +212,13 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
             finish(*pending)
         if start_step < end_step:
             save(end_step)
+    except OSError as e:  # metrics.jsonl or the event file: e.g. the disk is full
+        ckpt.settle()
+        raise TrainingStopped(f"cannot write to {workdir} ({e}); {ckpt.kept()}. Free space there and relaunch "
+                              "the same command") from e
+    except BaseException:
+        ckpt.settle()  # a good checkpoint still being written is finished, not lost
+        raise
     finally:
         writer.close()
         log(f"training took {metrics.format_duration(time.time() - run_start)}")

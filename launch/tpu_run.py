@@ -2,7 +2,8 @@
 
   python launch/tpu_run.py --config=configs/tiny.py --workdir=/tmp/tiny [--config.train.total_steps=100]
 
-Relaunching the same command resumes from the newest complete checkpoint in the workdir.
+Relaunching the same command resumes from the newest complete checkpoint in the workdir. On SIGTERM
+(a preemption notice) the run finishes its step, saves a checkpoint and exits 0.
 Every host of a TPU pod slice or multi-node GPU job runs the same command.
 """
 
@@ -11,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from drope_jax import distributed, train
+from drope_jax import checkpoint, distributed, train
 from drope_jax.launch_utils import parse_flags_or_exit
 from drope_jax.model_config import ConfigError
 
@@ -25,7 +26,7 @@ def main(argv):
     distributed.initialize_if_needed()
     try:
         train.run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, train.TrainingStopped) as e:
+    except (ConfigError, train.TrainingStopped, checkpoint.NotSaved) as e:
         sys.exit(f"error: {e}")
 
 
