@@ -152,13 +152,12 @@ def _needles(results, label, source, weights, encodings, generator, settings, ch
     for task in settings.niah_tasks:
         accuracy[task], examples[task] = {}, {}
         for m, pos in encodings.items():
-            length = m * source.context
             accuracy[task][str(m)] = {}
             for depth in settings.depths:
-                samples = [generator.sample(task, length, depth, i) for i in range(settings.niah_samples)]
-                texts = generate_answers(source, weights, pos, generator, samples, settings.batch_size, chunk)
-                correct = [niah.score(s, t) for s, t in zip(samples, texts)]
-                accuracy[task][str(m)][f"{depth:g}"] = float(np.mean(correct))
+                samples = [generator.sample(task, m * source.context, depth, i) for i in range(settings.niah_samples)]
+                texts = generate_answers(source.spec, weights.params, pos, generator, samples, settings.batch_size,
+                                         use_qk_norm=weights.use_qk_norm, query_chunk=chunk)
+                accuracy[task][str(m)][f"{depth:g}"] = float(np.mean([niah.score(s, t) for s, t in zip(samples, texts)]))
                 if depth == settings.depths[len(settings.depths) // 2]:
                     examples[task][str(m)] = {"expected": generator.answer_text(samples[0]), "generated": texts[0]}
                 progress.step(f"{label} {task} {m}x d{depth:g}")
@@ -166,7 +165,8 @@ def _needles(results, label, source, weights, encodings, generator, settings, ch
     results["niah_examples"][label] = examples
 
 
-def generate_answers(source, weights, pos, generator, samples, batch_size: int, chunk) -> list[str]:
+def generate_answers(spec, params, pos, generator, samples, batch_size: int, *, use_qk_norm: bool = True,
+                     query_chunk: int | None = None) -> list[str]:
     """Greedy continuations (as text) of the samples' prompts, which share one length."""
     tokenizer = generator.tokenizer
     max_new = max(len(tokenizer.encode(generator.answer_text(s))) for s in samples) + 2
@@ -175,7 +175,7 @@ def generate_answers(source, weights, pos, generator, samples, batch_size: int, 
         batch = [s.prompt for s in samples[i:i + batch_size]]
         real = len(batch)
         batch += batch[-1:] * (batch_size - real)  # a full batch: one compiled shape for every call
-        tokens = decode.greedy_generate(weights.params, np.stack(batch), spec=source.spec, pos=pos,
-                                        max_new_tokens=max_new, use_qk_norm=weights.use_qk_norm, query_chunk=chunk)
+        tokens = decode.greedy_generate(params, np.stack(batch), spec=spec, pos=pos, max_new_tokens=max_new,
+                                        use_qk_norm=use_qk_norm, query_chunk=query_chunk)
         texts += [tokenizer.decode(row) for row in np.asarray(tokens)[:real]]
     return texts

@@ -1,0 +1,140 @@
+"""The long-context evaluation: it can say yes as well as no, runs every method on a DroPE run and on runs
+trained from scratch with ALiBi and RNoPE-SWA, writes its report, and in-training perplexity is logged."""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from drope_jax import eval_report, eval_suite, niah, sharding, state, train
+from drope_jax.eval_methods import Run, parse_methods
+from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.positions import ROPE, PosEncoding
+
+from test_train import read_metrics, tiny_config
+
+FILLER = [f"w{i}" for i in range(40)]
+
+
+class WordTokenizer:
+    """One token per key word, per 2-digit value and per filler word: a retrieval task a tiny model
+    learns in seconds."""
+
+    def __init__(self):
+        self.vocab = [" ", "=", ".", ","] + list(niah.WORDS) + [str(i) for i in range(10, 100)] + FILLER
+        self.ids = {t: i for i, t in enumerate(self.vocab)}
+
+    def encode(self, text):
+        return np.asarray([self.ids[t] for t in re.findall(r"[A-Za-z]+\d*|\d+|\S|\s", text)], np.int32)
+
+    def decode(self, ids):
+        return "".join(self.vocab[int(i)] for i in ids)
+
+
+def _passkey_accuracy(spec, params, generator, pos, length):
+    samples = [generator.sample("passkey", length, d, 1000 + i) for d in (0.0, 0.5, 1.0) for i in range(8)]
+    texts = eval_suite.generate_answers(spec, params, pos, generator, samples, batch_size=24)
+    return np.mean([niah.score(s, t) for s, t in zip(samples, texts)])
+
+
+def test_retrieval_harness_says_yes_and_no():
+    """A tiny model trained briefly on key-value retrieval passes the passkey task at 1x through the harness's
+    prompts, greedy KV-cache decoding and exact-match scoring; untrained, or with attention cut to a
+    4-token window so it cannot see the needle, it fails."""
+    tok, length = WordTokenizer(), 48
+    haystack = tok.encode(" ".join(np.random.default_rng(0).choice(FILLER, 2000)))
+    generator = niah.Generator(tok, haystack, template="short", value_digits=2, seed=1)
+    cfg = ModelConfig(vocab_size=len(tok.vocab), d_model=64, num_layers=2, num_heads=4, num_kv_heads=4, mlp_dim=128,
+                      compute_dtype="float32").validate()
+    spec = state.model_spec(cfg)
+    untrained = state.init_params(spec, 0, sharding.make_mesh(devices=jax.devices()[:1]))
+    tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 30, 250, 3e-4))
+
+    @jax.jit
+    def step(params, opt_state, tokens_BT):
+        def loss_fn(p):  # the loss of the two answer tokens (the value and its full stop)
+            logits = state.apply(spec, p, tokens_BT[:, :-1], ROPE)
+            return jnp.mean(state.token_nll(logits[:, -2:], tokens_BT[:, -2:]))
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    rng = np.random.default_rng(0)
+    params, opt_state = untrained, tx.init(untrained)
+    for _ in range(250):
+        rows = []
+        for _ in range(64):
+            s = generator.sample("passkey", length, float(rng.random()), int(rng.integers(1 << 30)))
+            rows.append(np.concatenate([s.prompt, tok.encode(generator.answer_text(s))]))
+        params, opt_state = step(params, opt_state, np.stack(rows))
+
+    assert _passkey_accuracy(spec, params, generator, ROPE, length) >= 0.9
+    assert _passkey_accuracy(spec, untrained, generator, ROPE, length) <= 0.1
+    assert _passkey_accuracy(spec, params, generator, PosEncoding("rope", window=4), length) <= 0.2
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A DroPE run (flip at 8 of 12, perplexity every 4 steps) and short ALiBi and RNoPE-SWA runs from scratch."""
+    root = tmp_path_factory.mktemp("runs")
+    train.run(tiny_config(eval=dict(every_steps=4)), root / "drope")
+    for name, positions in (("alibi", dict(kind="alibi")), ("rnope_swa", dict(kind="rope", nope_every=2, window=16))):
+        train.run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), root / name)
+    return root
+
+
+def test_in_training_perplexity_is_logged_in_the_phase_being_trained(runs):
+    records = [json.loads(line) for line in (runs / "drope" / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r for r in records if "eval/ppl_1x" in r}
+    assert sorted(evals) == [4, 8, 12]
+    assert [evals[s]["phase"] for s in (4, 8, 12)] == ["rope", "rope", "nope"]
+    assert all(np.isfinite(evals[s][f"eval/ppl_{m}x"]) for s in evals for m in (1, 2))
+    assert read_metrics(runs / "drope")[3]["loss"] > 0  # the training records are still there
+
+
+def test_evaluate_every_method_and_write_the_report(runs, tmp_path):
+    settings = eval_suite.Settings(
+        methods=tuple(parse_methods(f"drope,rope,pi,ntk,yarn,drope_logn,alibi@{runs / 'alibi'},"
+                                    f"rnope_swa@{runs / 'rnope_swa'}")),
+        lengths=(1, 2), niah_tasks=("passkey",), depths=(0.0, 1.0), niah_samples=2, ppl_sequences=2,
+        batch_size=2, query_chunk=16, template="short")
+    results = eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+    methods = results["methods"]
+    assert methods["drope"]["weights"].endswith("step 12") and methods["drope"]["phase"] == "nope"
+    assert all(methods[m]["weights"].endswith("step 8") and methods[m]["phase"] == "rope"
+               for m in ("rope", "pi", "ntk", "yarn"))  # the flip-step checkpoint: the same weights
+    assert methods["yarn"]["encoding"] == {"1": "rope", "2": "rope, yarn x2"}
+    ppl = results["ppl"]
+    assert len({ppl[m]["1"] for m in ("rope", "pi", "ntk", "yarn")}) == 1  # no scaling at 1x
+    assert len({ppl[m]["2"] for m in ("rope", "pi", "ntk", "yarn")}) == 4
+    assert ppl["drope_logn"]["1"] == ppl["drope"]["1"] and ppl["drope_logn"]["2"] != ppl["drope"]["2"]
+    assert all(np.isfinite(v) for by_length in ppl.values() for v in by_length.values())
+    assert len(results["loss_by_position"]["drope"]["2"]["nll"]) == 4  # 64 positions in buckets of 16
+    alibi = f"alibi@{runs / 'alibi'}"
+    assert set(results["niah"][alibi]) == {"passkey"}
+    assert set(results["niah"][alibi]["passkey"]["2"]) == {"0", "1"}
+
+    written = eval_report.write(results, tmp_path / "eval")
+    assert {p.name for p in written} == {"results.json", "report.md", "ppl_vs_length.png", "loss_by_position.png",
+                                         "niah_heatmap.png"}
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| drope | " in report and "| yarn | passkey |" in report
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["ppl"] == ppl
+
+
+@pytest.mark.parametrize("methods, message", [
+    ("alibi", "trained with it from scratch"),
+    ("longrope", "unknown method"),
+])
+def test_a_method_the_run_cannot_supply_is_refused_by_name(runs, methods, message):
+    with pytest.raises(ConfigError, match=message):
+        settings = eval_suite.Settings(methods=tuple(parse_methods(methods)), lengths=(1,), tasks=("ppl",))
+        eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+    with pytest.raises(ConfigError, match="scales RoPE"):
+        settings = eval_suite.Settings(methods=(("yarn", None),), lengths=(2,), tasks=("ppl",))
+        eval_suite.evaluate(Run(runs / "alibi"), settings, log=lambda _: None)
