@@ -111,7 +111,9 @@ class Attention(nnx.Module):
             return causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, window=window, alibi_slopes_N=slopes_N,
                                     q_offset=q_offset, query_chunk=query_chunk)
 
-        if not pos.window or isinstance(positional, bool):
+        if not pos.window:
+            return attend(None)
+        if isinstance(positional, bool):
             return attend(pos.window if positional else None)
         # The window is a static argument of attention: the scanned flag picks one of two calls.
         return jax.lax.cond(positional, lambda: attend(pos.window), lambda: attend(None))

@@ -19,6 +19,7 @@ ENCODINGS = {
     "rope": PosEncoding("rope"),
     "nope": PosEncoding("nope"),
     "alibi": PosEncoding("alibi"),
+    "rnope": PosEncoding("rope", nope_every=2),
     "rnope_swa": PosEncoding("rope", nope_every=2, window=6),
     "alibi_swa_pattern": PosEncoding("alibi", nope_every=2, window=5),
     "pi": PosEncoding("rope", scaling="linear", factor=2.0),

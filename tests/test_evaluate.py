@@ -138,3 +138,27 @@ def test_a_method_the_run_cannot_supply_is_refused_by_name(runs, methods, messag
     with pytest.raises(ConfigError, match="scales RoPE"):
         settings = eval_suite.Settings(methods=(("yarn", None),), lengths=(2,), tasks=("ppl",))
         eval_suite.evaluate(Run(runs / "alibi"), settings, log=lambda _: None)
+
+
+@pytest.mark.parametrize("model_type, extra, trained", [
+    ("llama", {}, "rope"),
+    ("smollm3", dict(no_rope_layers=[1, 0, 1, 0]), "rope, NoPE every 2 layers"),
+])
+def test_a_hugging_face_checkpoint_is_evaluated_in_its_own_position_mode(tmp_path, model_type, extra, trained):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                             "smollm3": (transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM)}[model_type]
+    torch.manual_seed(0)
+    hf_config = config_cls(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=1e-5, rope_theta=10000.0,
+                           tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra)
+    model_cls(hf_config).save_pretrained(tmp_path / "hf")
+    c = tiny_config(model=dict(num_layers=4))
+    run = Run(tmp_path / "out", config=c, init_from=f"hf:{tmp_path / 'hf'}")
+    assert run.trained_pos.describe() == trained
+    settings = eval_suite.Settings(methods=(("rope", None), ("yarn", None), ("drope", None)), lengths=(1, 2),
+                                   tasks=("ppl",), ppl_sequences=2, batch_size=2)
+    results = eval_suite.evaluate(run, settings, log=lambda _: None)
+    assert results["methods"]["yarn"]["encoding"]["2"] == f"{trained}, yarn x2"
+    assert results["ppl"]["rope"]["1"] == results["ppl"]["yarn"]["1"] != results["ppl"]["drope"]["1"]
