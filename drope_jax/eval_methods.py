@@ -81,9 +81,10 @@ class Run:
 
     def weights(self, which: str) -> Weights:
         """``final``: the step evaluated; ``rope_phase``: the last weights trained with config.positions."""
-        if which not in self._cache:
-            self._cache[which] = self._load(which)
-        return self._cache[which]
+        key = "hf" if self.init_from else which  # a Hugging Face checkpoint has one set of weights
+        if key not in self._cache:
+            self._cache[key] = self._load(which)
+        return self._cache[key]
 
     def _load(self, which: str) -> Weights:
         qk_at_flip = self.config.drope.qk_norm_at_flip
