@@ -50,7 +50,8 @@ def markdown(results: dict) -> str:
     parts += ["Methods:", *methods, ""]
     if results["ppl"]:
         rows = [[name] + [f"{ppl[m]:.3f}" for m in results["lengths"]] for name, ppl in results["ppl"].items()]
-        parts += [f"## Held-out perplexity ({s['ppl_sequences']} sequences per length)", "",
+        longest = list(results["lengths"].values())[-1]
+        parts += [f"## Held-out perplexity (the same {s['ppl_sequences']} x {longest} held-out tokens at every length)", "",
                   _table(["method"] + _length_header(results), rows), ""]
     if results["niah"]:
         rows = []
