@@ -41,10 +41,12 @@ def ensure_writable(directory) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
     except OSError as e:
         raise ConfigError(f"cannot write checkpoints to {directory} ({e.strerror or e}); free space there, fix its "
                           "permissions, or pass another --workdir") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 class _IteratorSnapshot:

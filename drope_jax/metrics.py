@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 
@@ -56,8 +57,11 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self.jsonl.close()
-            self.tb.close()
+            # Closing flushes; on a full disk that fails again, and must not hide the error that stopped the run.
+            with contextlib.suppress(OSError):
+                self.jsonl.close()
+            with contextlib.suppress(OSError):
+                self.tb.close()
 
 
 def format_duration(seconds: float) -> str:

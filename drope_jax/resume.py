@@ -62,14 +62,15 @@ def restore(ckpt: Checkpointer, step: int, abstract_state, data_iterator, *, pla
 
 def _unreadable(ckpt: Checkpointer, step: int, error: Exception, fallback: bool, log) -> None:
     """Raises ``Unreadable`` naming the checkpoint, or, with ``fallback``, sets it aside and logs that."""
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:400]
+    while (error.__cause__ or error.__context__) is not None:  # the root cause names the file and the flaw
+        error = error.__cause__ or error.__context__
+    first_line = (str(error).strip().splitlines() or [""])[0][:400]
     older = [s for s in ckpt.all_steps() if s < step]
-    where = f"{ckpt.directory / str(step)}"
-    what = f"checkpoint {where} cannot be read ({type(error).__name__}: {first_line})"
+    what = f"checkpoint {ckpt.directory / str(step)} cannot be read ({type(error).__name__}: {first_line})"
     if not fallback or not older:
         hint = (f"set --config.checkpoint.fallback_on_corrupt=true to resume from step {max(older)}" if older
                 else "no older complete checkpoint exists; use a new --workdir to start afresh")
-        raise Unreadable(f"{what}; nothing was changed. Move it aside, or {hint}")
+        raise Unreadable(f"{what}; no checkpoint was changed. Move it aside, or {hint}")
     moved = ckpt.set_aside(step)
     log(f"{what}; renamed it to {moved.name} and falling back to step {max(older)}")
 

@@ -1,5 +1,6 @@
 """Shared by the reliability tests: one uninterrupted reference run, a compile cache, and cleanup."""
 
+import jax
 import pytest
 
 from drope_jax import train
@@ -41,3 +42,19 @@ def launch(xla_cache):
     for run in started:
         run.signal()
         run.proc.wait(30)
+
+
+@pytest.fixture
+def nothing_lowered():
+    """Fails the test if JAX lowered (so would compile) any program meanwhile."""
+    train.make_setup(harness.config())  # primes the eager scalars (optax's step count) every setup makes
+    lowered = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield
+    jax.monitoring.unregister_event_duration_listener(listener)
+    assert not lowered, f"{len(lowered)} program(s) were lowered before the error"

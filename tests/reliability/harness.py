@@ -8,6 +8,7 @@ import os
 import pathlib
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -61,7 +62,8 @@ def compile_cache(directory):
 class Run:
     """One ``launch/tpu_run.py`` process; its output is read as it comes."""
 
-    def __init__(self, workdir, *overrides, devices: int = 8, env: dict | None = None, cache_dir=None):
+    def __init__(self, workdir, *overrides, devices: int = 8, env: dict | None = None, cache_dir=None,
+                 max_file_bytes: int | None = None):
         # The same XLA flags as this process has, so compiled programs are shared through cache_dir.
         xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
         full_env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -69,9 +71,14 @@ class Run:
         if cache_dir:
             full_env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
         self.started = time.time()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "launch" / "tpu_run.py"), f"--config={CONFIG_FILE}", f"--workdir={workdir}",
-             *overrides], cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = [sys.executable, str(REPO / "launch" / "tpu_run.py"), f"--config={CONFIG_FILE}",
+                   f"--workdir={workdir}", *overrides]
+        if max_file_bytes is not None:  # a full disk from the start: limit, then exec the program
+            command = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
+                       "(int(sys.argv[1]), resource.RLIM_INFINITY)); os.execv(sys.executable, sys.argv[2:])",
+                       str(max_file_bytes), *command]
+        self.proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.first_step_after: float | None = None  # seconds from the launch to the first progress line
         self._queue: queue.Queue = queue.Queue()
@@ -110,6 +117,12 @@ class Run:
 
     def output(self) -> str:
         return "\n".join(self.lines)
+
+
+def limit_file_size(max_bytes: int, pid: int = 0) -> None:
+    """A full disk, as far as process ``pid`` (0: this one) can tell: writing past ``max_bytes`` in any
+    file fails (EFBIG; Python ignores the SIGXFSZ that comes with it)."""
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (max_bytes, resource.RLIM_INFINITY))
 
 
 def free_port() -> int:

@@ -1,0 +1,49 @@
+"""Two processes of 4 CPU devices each (jax.distributed over gloo): preempted, killed and resumed,
+with the losses of one process on 8 devices."""
+
+import re
+import signal
+
+import pytest
+
+from drope_jax import train
+from drope_jax.model_config import ConfigError
+
+import harness
+
+
+def launch_pair(launch, workdir):
+    port = harness.free_port()
+    return [launch(workdir, devices=4, env=dict(DROPE_COORDINATOR=f"localhost:{port}", DROPE_NUM_PROCESSES="2",
+                                                 DROPE_PROCESS_ID=str(i)))
+            for i in range(2)]
+
+
+def test_two_processes_agree_on_preemption_survive_a_kill_and_match_one_process(tmp_path, launch, reference):
+    # SIGTERM reaches one process only; both stop before the same step, save it together, exit 0.
+    first, second = launch_pair(launch, tmp_path)
+    assert first.wait_for(harness.step_line(3)), first.output()
+    second.signal(signal.SIGTERM)
+    assert [first.finish(), second.finish()] == [0, 0], first.output() + second.output()
+    step = int(re.search(r"stopped at step (\d+) \(preempted by SIGTERM\)", first.output()).group(1))
+    assert harness.complete_steps(tmp_path)[-1] == step
+    saved_by = sorted(p.name for p in (tmp_path / "checkpoints" / str(step) / "data").glob("process_*"))
+    assert saved_by == ["process_0-of-2.json", "process_1-of-2.json"]
+
+    # Both resume there; then SIGKILL takes the whole job down mid-run.
+    first, second = launch_pair(launch, tmp_path)
+    assert first.wait_for(r"resumed from .* at step (\d+)").group(1) == str(step), first.output()
+    assert first.wait_for(harness.step_line(step + 3)), first.output()
+    for run in (first, second):
+        run.signal(signal.SIGKILL)
+    newest = harness.complete_steps(tmp_path)[-1]
+    assert newest >= step
+
+    first, second = launch_pair(launch, tmp_path)
+    assert first.wait_for(r"resumed from .* at step (\d+)").group(1) == str(newest), first.output()
+    assert [first.finish(), second.finish()] == [0, 0], first.output() + second.output()
+    # The same global batches reach the model (rows are read per process); only reductions differ.
+    harness.assert_losses_equal(tmp_path, reference.losses, rtol=1e-6)
+
+    with pytest.raises(ConfigError, match="written by 2 process"):
+        train.run(harness.config(), tmp_path)
