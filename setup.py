@@ -24,6 +24,9 @@ setup(
     extras_require={
         # torch pinned: this exact version installs a CPU build; an unpinned one pulls GBs of CUDA wheels
         "hf": ["torch==2.13.0", "transformers>=5.0", "safetensors"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors"],
+        # libtpu (~140 MB) compiles for TPU topologies on a CPU-only host: launch/aot_compile.py
+        "tpu": ["jax[tpu]==0.10.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors",
+                 "jax[tpu]==0.10.2"],
     },
 )

@@ -9,11 +9,18 @@ One function serves training, evaluation and cached decoding:
 - ``query_chunk``: queries processed that many at a time, so memory holds B x N x chunk x S logits
   rather than B x N x T x S (the path for long inputs on CPU).
 
-A whole sequence attending to itself, unchunked, goes to ``jax.nn.dot_product_attention`` with
-``is_causal`` and a static window, which fused kernels implement without a T x S mask. The kernel
-is chosen by platform: cuDNN's fused attention on NVIDIA GPUs (XLA's materializes T x S scores:
-~2x slower for the whole 0.5B train step at 1K tokens, ~19x for attention alone at 8K), XLA
-elsewhere. ALiBi's bias and document masks take the XLA path, which says so once.
+A whole sequence attending to itself, unchunked, goes to a fused kernel with ``is_causal`` and a
+static window, which needs no T x S mask. ``implementation`` ("auto", "xla", "cudnn" or "splash";
+``ModelConfig.attention_backend``) picks it; "auto" goes by the platform the computation targets
+(the mesh's devices, so an AOT compile for TPU on a CPU host counts as TPU):
+
+- NVIDIA GPU: cuDNN's fused attention (XLA's materializes T x S scores: ~2x slower for the whole
+  0.5B train step at 1K tokens, ~19x for attention alone at 8K);
+- TPU: the Pallas splash-attention kernel (``drope_jax.splash``), document masks included;
+- elsewhere: XLA.
+
+ALiBi's bias (and, on GPU, document masks) take the XLA path, as do cached decoding and chunked
+queries; a fused backend asked for but not usable says so once.
 """
 
 from __future__ import annotations
@@ -24,14 +31,40 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from drope_jax import splash
 
-def default_implementation(dtype, *, needs_bias_or_mask: bool = False) -> str:
-    """cuDNN on GPU for 16-bit inputs (its only dtypes) without a bias or mask array, XLA otherwise."""
-    on_gpu = jax.devices()[0].platform == "gpu"
+
+BACKENDS = ("auto", "xla", "cudnn", "splash")
+
+
+def default_implementation(dtype, *, needs_bias_or_mask: bool = False, platform: str | None = None) -> str:
+    """Off TPU: cuDNN on GPU for 16-bit inputs (its only dtypes) without a bias or mask array, XLA otherwise."""
+    on_gpu = (platform or jax.devices()[0].platform) == "gpu"
     if on_gpu and needs_bias_or_mask:
         _warn_once("attention with an ALiBi bias or a document mask runs on the slower XLA path on GPU")
     fused_ok = on_gpu and not needs_bias_or_mask and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     return "cudnn" if fused_ok else "xla"
+
+
+def choose_implementation(implementation: str | None, dtype, seq_len: int, *, has_bias: bool,
+                          has_mask: bool) -> str:
+    """The backend of one unchunked self-attention call: "xla", "cudnn" or "splash"."""
+    if implementation not in (None,) + BACKENDS:
+        raise ValueError(f"attention implementation {implementation!r}: choose one of {BACKENDS} "
+                         "(config.model.attention_backend)")
+    if implementation in (None, "auto"):
+        platform = splash.target_platform()
+        if platform != "tpu":
+            return default_implementation(dtype, needs_bias_or_mask=has_bias or has_mask, platform=platform)
+        implementation = "splash"
+    if implementation == "splash" and has_bias:
+        _warn_once("splash attention has no ALiBi bias: attention runs on the slower XLA path")
+        return "xla"
+    if implementation == "splash" and not splash.supports(seq_len):
+        _warn_once(f"splash attention needs a sequence length divisible by {splash.BLOCK}: attention runs on "
+                   "the slower XLA path")
+        return "xla"
+    return implementation
 
 
 @functools.cache
@@ -65,6 +98,7 @@ def causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT=None, implementation
     if segment_ids_BT is not None and (q_offset is not None or t != s):
         raise ValueError("causal_attention: segment_ids_BT needs queries and keys of one sequence (no q_offset)")
     offset = jnp.asarray(0 if q_offset is None else q_offset, jnp.int32)
+    chunk_implementation = None if implementation in ("auto", "splash") else implementation  # no splash here
     chunk = t if query_chunk is None else min(query_chunk, t)
 
     def attend_chunk(q_BCNH, start):
@@ -76,7 +110,7 @@ def causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT=None, implementation
             mask_B1CS = mask_B1CS & (seg_q_BC[:, :, None] == segment_ids_BT[:, None, :])[:, None]
         bias = None if alibi_slopes_N is None else alibi_bias(alibi_slopes_N, q_index_C, k_index_S)
         return jax.nn.dot_product_attention(q_BCNH, k_BSKH, v_BSKH, bias=bias, mask=mask_B1CS,
-                                            scale=q_BTNH.shape[-1] ** -0.5, implementation=implementation)
+                                            scale=q_BTNH.shape[-1] ** -0.5, implementation=chunk_implementation)
 
     if chunk == t:
         return attend_chunk(q_BTNH, 0)
@@ -92,6 +126,10 @@ def causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT=None, implementation
 
 
 def _self_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation, window, alibi_slopes_N):
+    implementation = choose_implementation(implementation, q_BTNH.dtype, q_BTNH.shape[1],
+                                           has_bias=alibi_slopes_N is not None, has_mask=segment_ids_BT is not None)
+    if implementation == "splash":
+        return splash.splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, window)
     mask_B1TS = None
     if segment_ids_BT is not None:
         mask_B1TS = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
@@ -99,8 +137,6 @@ def _self_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation, wind
     if alibi_slopes_N is not None:
         index_T = jnp.arange(q_BTNH.shape[1])
         bias = alibi_bias(alibi_slopes_N, index_T, index_T)
-    implementation = implementation or default_implementation(
-        q_BTNH.dtype, needs_bias_or_mask=bias is not None or mask_B1TS is not None)
     return jax.nn.dot_product_attention(
         q_BTNH, k_BTKH, v_BTKH, bias=bias, mask=mask_B1TS, is_causal=True, scale=q_BTNH.shape[-1] ** -0.5,
         local_window_size=None if window is None else (window - 1, 0), implementation=implementation,

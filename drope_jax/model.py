@@ -108,8 +108,9 @@ class Attention(nnx.Module):
             slopes_N = alibi_slopes(self.cfg.num_heads) * (1.0 if positional is True else jnp.float32(positional))
 
         def attend(window):
-            return causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, window=window, alibi_slopes_N=slopes_N,
-                                    q_offset=q_offset, query_chunk=query_chunk)
+            return causal_attention(q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, self.cfg.attention_backend,
+                                    window=window, alibi_slopes_N=slopes_N, q_offset=q_offset,
+                                    query_chunk=query_chunk)
 
         if not pos.window:
             return attend(None)

@@ -7,6 +7,7 @@ import dataclasses
 QK_NORM_KINDS = ("none", "proj", "head")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/attention.py
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,8 @@ class ModelConfig:
     compute_dtype: str = "bfloat16"
     remat: str = "none"
     scan_unroll: int = 1  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
+    # "auto": splash on TPU, cuDNN on GPU, XLA elsewhere, by the platform the step is compiled for
+    attention_backend: str = "auto"
     init_std: float = 0.02
 
     @property
@@ -67,7 +70,8 @@ class ModelConfig:
         if self.dim_per_head % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.dim_per_head}")
         for name, allowed in (("qk_norm", QK_NORM_KINDS), ("remat", REMAT_POLICIES),
-                              ("param_dtype", DTYPES), ("compute_dtype", DTYPES)):
+                              ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
+                              ("attention_backend", ATTENTION_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {allowed}")
         return self
