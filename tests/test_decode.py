@@ -45,7 +45,7 @@ def test_cached_decoding_equals_full_recomputation(name):
     tokens, logits = decode.greedy_generate(params, prompt, spec=spec, pos=pos, max_new_tokens=NEW,
                                             return_logits=True, query_chunk=8)
     full = jnp.concatenate([prompt, tokens], axis=1)
-    expected = state.apply(spec, params, full, pos)[:, PROMPT - 1:-1]
+    expected = jax.jit(state.apply, static_argnums=(0, 3))(spec, params, full, pos)[:, PROMPT - 1:-1]
     np.testing.assert_allclose(logits, expected, atol=1e-4)
     # causal: the full pass's logits at each position are those a step-by-step recomputation would see
     np.testing.assert_array_equal(tokens, jnp.argmax(expected, axis=-1))

@@ -80,9 +80,9 @@ def test_retrieval_harness_says_yes_and_no():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A DroPE run (flip at 8 of 12, perplexity every 4 steps) and short ALiBi and RNoPE-SWA runs from scratch."""
+    """A DroPE run (flip at 4 of 8, perplexity every 4 steps) and short ALiBi and RNoPE-SWA runs from scratch."""
     root = tmp_path_factory.mktemp("runs")
-    train.run(tiny_config(eval=dict(every_steps=4)), root / "drope")
+    train.run(tiny_config(eval=dict(every_steps=4), train=dict(total_steps=8), drope=dict(flip_step=4)), root / "drope")
     for name, positions in (("alibi", dict(kind="alibi")), ("rnope_swa", dict(kind="rope", nope_every=2, window=16))):
         train.run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), root / name)
     return root
@@ -91,28 +91,27 @@ def runs(tmp_path_factory):
 def test_in_training_perplexity_is_logged_in_the_phase_being_trained(runs):
     records = [json.loads(line) for line in (runs / "drope" / "metrics.jsonl").read_text().splitlines()]
     evals = {r["step"]: r for r in records if "eval/ppl_1x" in r}
-    assert sorted(evals) == [4, 8, 12]
-    assert [evals[s]["phase"] for s in (4, 8, 12)] == ["rope", "rope", "nope"]
+    assert sorted(evals) == [4, 8]
+    assert [evals[s]["phase"] for s in (4, 8)] == ["rope", "nope"]
     assert all(np.isfinite(evals[s][f"eval/ppl_{m}x"]) for s in evals for m in (1, 2))
     assert read_metrics(runs / "drope")[3]["loss"] > 0  # the training records are still there
 
 
 def test_evaluate_every_method_and_write_the_report(runs, tmp_path):
     settings = eval_suite.Settings(
-        methods=tuple(parse_methods(f"drope,rope,pi,ntk,yarn,drope_logn,alibi@{runs / 'alibi'},"
+        methods=tuple(parse_methods(f"drope,rope,pi,ntk,yarn,alibi@{runs / 'alibi'},"
                                     f"rnope_swa@{runs / 'rnope_swa'}")),
         lengths=(1, 2), niah_tasks=("passkey",), depths=(0.0, 1.0), niah_samples=2, ppl_sequences=2,
         batch_size=2, query_chunk=16, template="short")
     results = eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
     methods = results["methods"]
-    assert methods["drope"]["weights"].endswith("step 12") and methods["drope"]["phase"] == "nope"
-    assert all(methods[m]["weights"].endswith("step 8") and methods[m]["phase"] == "rope"
+    assert methods["drope"]["weights"].endswith("step 8") and methods["drope"]["phase"] == "nope"
+    assert all(methods[m]["weights"].endswith("step 4") and methods[m]["phase"] == "rope"
                for m in ("rope", "pi", "ntk", "yarn"))  # the flip-step checkpoint: the same weights
     assert methods["yarn"]["encoding"] == {"1": "rope", "2": "rope, yarn x2"}
     ppl = results["ppl"]
     assert len({ppl[m]["1"] for m in ("rope", "pi", "ntk", "yarn")}) == 1  # no scaling at 1x
     assert len({ppl[m]["2"] for m in ("rope", "pi", "ntk", "yarn")}) == 4
-    assert ppl["drope_logn"]["1"] == ppl["drope"]["1"] and ppl["drope_logn"]["2"] != ppl["drope"]["2"]
     assert all(np.isfinite(v) for by_length in ppl.values() for v in by_length.values())
     assert len(results["loss_by_position"]["drope"]["2"]["nll"]) == 4  # 64 positions in buckets of 16
     alibi = f"alibi@{runs / 'alibi'}"

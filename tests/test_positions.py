@@ -190,6 +190,9 @@ CFG = ModelConfig(vocab_size=37, d_model=32, num_layers=4, num_heads=4, num_kv_h
                   compute_dtype="float32").validate()
 
 
+_apply = jax.jit(state.apply, static_argnums=(0, 3))
+
+
 def _params(cfg):
     spec = state.model_spec(cfg)
     params = state.init_params(spec, 0, sharding.make_mesh(devices=jax.devices()[:1]))
@@ -214,23 +217,24 @@ def test_per_layer_pattern_equals_a_loop_of_uniform_layers(kind):
     tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, CFG.vocab_size)
     pattern = PosEncoding(kind, nope_every=2, window=5)
     positional, nope = PosEncoding(kind, window=5), NOPE
-    expected = _layer_by_layer(spec, params, tokens, [positional, nope, positional, nope])
-    got = state.apply(spec, params, tokens, pattern)
+    expected = jax.jit(_layer_by_layer, static_argnums=(0, 3))(spec, params, tokens,
+                                                                (positional, nope, positional, nope))
+    got = _apply(spec, params, tokens, pattern)
     np.testing.assert_allclose(got, expected, atol=2e-5)
-    assert not np.allclose(got, state.apply(spec, params, tokens, PosEncoding(kind)), atol=1e-3)
+    assert not np.allclose(got, _apply(spec, params, tokens, PosEncoding(kind)), atol=1e-3)
 
 
 def test_alibi_and_windowed_rope_differ_from_plain_modes():
     spec, params = _params(CFG)
     tokens = jax.random.randint(jax.random.key(2), (1, 24), 0, CFG.vocab_size)
-    outs = {p: np.asarray(state.apply(spec, params, tokens, p)) for p in
+    outs = {p: np.asarray(_apply(spec, params, tokens, p)) for p in
             (ROPE, NOPE, PosEncoding("alibi"), PosEncoding("rope", window=4))}
     names = list(outs)
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             assert not np.allclose(outs[names[i]], outs[names[j]], atol=1e-3), (names[i], names[j])
     # with the window past the sequence, windowed RoPE is plain RoPE
-    np.testing.assert_allclose(state.apply(spec, params, tokens, PosEncoding("rope", window=24)), outs[ROPE],
+    np.testing.assert_allclose(_apply(spec, params, tokens, PosEncoding("rope", window=24)), outs[ROPE],
                                atol=1e-5)
 
 
