@@ -90,6 +90,9 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
             if runs[where].context != context:
                 raise ConfigError(f"{where} was trained at context {runs[where].context}, {run.workdir} at {context}; "
                                   "compare runs of one training context")
+    # every method's encodings first: a method the run cannot supply is refused before any work
+    encodings = {(name, where): {m: method_pos(name, runs[where], float(m)) for m in settings.lengths}
+                 for name, where in settings.methods}
     generator = None
     if NIAH_TASK in settings.tasks:
         tokenizer = open_tokenizer(corpus)
@@ -116,15 +119,15 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
         label = name if where is None else f"{name}@{where}"
         source = runs[where]
         weights = source.weights(method_weights(name))
-        encodings = {m: method_pos(name, source, float(m)) for m in settings.lengths}
+        method_encodings = encodings[(name, where)]
         results["methods"][label] = {"weights": weights.source, "phase": weights.phase,
-                                     "encoding": {str(m): p.describe() for m, p in encodings.items()}}
+                                     "encoding": {str(m): p.describe() for m, p in method_encodings.items()}}
         if weights.phase == "rope" and name.startswith("drope"):
             log(f"note: {label} drops RoPE from weights trained with it ({weights.source}), with no recalibration")
         if PPL_TASK in settings.tasks:
-            _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, progress)
+            _perplexity(results, label, source, weights, method_encodings, corpus, settings, chunk, progress)
         if generator is not None:
-            _needles(results, label, source, weights, encodings, generator, settings, chunk, progress)
+            _needles(results, label, source, weights, method_encodings, generator, settings, chunk, progress)
     progress.bar.close()
     results["seconds"] = round(time.time() - start, 1)
     return results
