@@ -9,8 +9,9 @@ haystack with a template. Tasks (RULER's niah_single, niah_multikey, niah_multiv
 - ``multiquery``: ``num_needles`` needles with distinct keys; the query asks for all of them, in order.
 
 ``depth`` is where the first queried needle starts, as a fraction of the haystack; the other needles go
-at random depths. Each prompt is exactly ``length`` tokens and ends with the query, so a model answers
-by continuing it; the answer is scored by exact match of the values it names first.
+at random depths. Like RULER, a needle goes between words: at the word boundary nearest its depth
+(within ``SNAP`` tokens). Each prompt is exactly ``length`` tokens and ends with the query, so a model
+answers by continuing it; the answer is scored by exact match of the values it names first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 from drope_jax.model_config import ConfigError
 
 TASKS = ("passkey", "multikey", "multivalue", "multiquery")
+SNAP = 32  # a needle moves at most this many tokens from its depth, to the nearest word boundary
+BOUNDARY_ENDS = frozenset(" \t\n.,;:!?")
 
 WORDS = tuple("""
 apple badge cabin candle canyon carpet castle cedar cherry cliff clock cloud cobalt comet copper coral cotton crane
@@ -101,6 +104,27 @@ class Generator:
         self.tokenizer, self.haystack = tokenizer, np.asarray(haystack_tokens, np.int32)
         self.template, self.values, self.num_needles, self.seed = TEMPLATES[template], values, num_needles, seed
         self.value_digits = value_digits or (7 if template == "ruler" else 4)
+        self._token_text: dict[int, str] = {}
+
+    def _text(self, token: int) -> str:
+        if token not in self._token_text:
+            self._token_text[token] = self.tokenizer.decode([token])
+        return self._token_text[token]
+
+    def _at_boundary(self, haystack: np.ndarray, i: int) -> bool:
+        """Whether index i of the haystack falls between words (or at either end)."""
+        if i <= 0 or i >= len(haystack):
+            return True
+        before, after = self._text(int(haystack[i - 1])), self._text(int(haystack[i]))
+        return before[-1:] in BOUNDARY_ENDS or after[:1].isspace()
+
+    def _snap(self, haystack: np.ndarray, i: int) -> int:
+        """The word boundary nearest index i (the earlier one on a tie), or i when none is within SNAP."""
+        for d in range(SNAP + 1):
+            for j in (i - d, i + d):
+                if 0 <= j <= len(haystack) and self._at_boundary(haystack, j):
+                    return j
+        return i
 
     def _rng(self, task: str, length: int, depth: float, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, TASKS.index(task), length, round(depth * 1e6), index])
@@ -149,6 +173,7 @@ class Generator:
         haystack = np.take(self.haystack, np.arange(start, start + room), mode="wrap")
         # Needle i goes before haystack token at[i]; the first queried needle at the requested depth.
         at = [round(depth * room)] + [int(x) for x in rng.integers(0, room + 1, size=len(needles) - 1)]
+        at = [self._snap(haystack, i) for i in at]
         order = sorted(range(len(needles)), key=lambda i: (at[i], i))
         pieces, starts, cursor, written = [], [0] * len(needles), 0, 0
         for i in order:

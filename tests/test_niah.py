@@ -37,7 +37,11 @@ def test_prompt_is_exact_length_with_the_needle_at_the_depth_and_the_query_last(
     assert first.startswith(" One of the special magic numbers for ") and first.endswith(f"is: {s.answers[0]}.")
     room = 900 - len(TOK.encode(_query(g, s))) - sum(s.needle_lengths)
     before = sum(n for st, n in zip(s.needle_starts[1:], s.needle_lengths[1:]) if st < s.needle_starts[0])
-    assert s.needle_starts[0] - before == round(depth * room)
+    offset = s.needle_starts[0] - before  # where it went in the haystack: the nearest word boundary
+    assert abs(offset - round(depth * room)) <= 3
+    start, end = s.needle_starts[0], s.needle_starts[0] + s.needle_lengths[0]
+    between_words = TOK.decode(s.prompt[start - 1:start]) in " \n:" or TOK.decode(s.prompt[end:end + 1]).isspace()
+    assert offset in (0, room) or between_words
     assert text.endswith("mentioned in the provided text is" if task in ("passkey", "multikey") else
                          "mentioned in the provided text are")
     # every value the query needs is in the prompt, once
