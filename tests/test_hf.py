@@ -379,7 +379,7 @@ def test_mixed_smollm3_imports_its_weights_and_says_so(tmp_path):
 
 
 def test_exports_without_a_format_are_refused():
-    with pytest.raises(hf.HFFormatError, match="one position mode"):
+    with pytest.raises(hf.HFFormatError, match="has no Hugging Face export"):
         configs.export_kind(BASE, "mixed", True)
     with pytest.raises(hf.HFFormatError, match="qk_norm='head'"):
         configs.export_kind(dataclasses.replace(BASE, qk_norm="head"), "nope", True)

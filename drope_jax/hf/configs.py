@@ -150,8 +150,8 @@ def token_ids(hf_dir) -> dict:
 def export_kind(cfg: ModelConfig, position: str, qk_norm_active: bool) -> tuple[str, str | None]:
     """(model_type, attention_type) for an export: stock architectures wherever one fits."""
     if position not in ("rope", "nope"):
-        raise HFFormatError(f"a checkpoint in phase {position!r} has no Hugging Face format: the model applies "
-                            "one position mode to every layer")
+        raise HFFormatError(f"a checkpoint in phase {position!r} has no Hugging Face export: only all-RoPE "
+                            "(Llama) and all-NoPE (SmolLM3 / DroPE) models export")
     qk = qk_norm_active and cfg.qk_norm != "none"
     if qk and cfg.qk_norm != "proj":
         raise HFFormatError(f"config.model.qk_norm={cfg.qk_norm!r} has no Hugging Face format; only 'proj' "

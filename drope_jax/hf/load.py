@@ -66,8 +66,9 @@ def read_params(hf_dir, source: configs.HFSource, cfg: ModelConfig, abstract: di
     if fresh:
         log(f"hf import: {hf_dir} has no QK-norm weights; initialized to 1: {fresh}")
     if source.position == "mixed":
-        log(f"hf import: {hf_dir} uses RoPE in some layers only (SmolLM3 no_rope_layers); its weights are loaded, "
-            "but this model applies one position mode to every layer")
+        log(f"hf import: {hf_dir} uses RoPE in some layers only (SmolLM3 no_rope_layers); its weights are loaded. "
+            "A DroPE recalibration trains them NoPE in every layer; to run the original pattern set "
+            "config.positions.nope_every (launch/evaluate.py detects it for hf: checkpoints)")
     log(f"hf import: loaded {len(table)} parameters from {hf_dir} ({source.model_type}, {source.position})")
     return traverse_util.unflatten_dict(loaded, sep="/")
 
