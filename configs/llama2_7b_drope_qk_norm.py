@@ -6,19 +6,14 @@ batch 512 x 4096 tokens, 15,000 steps (~30B tokens), AdamW lr 3e-4 (QK-norm tole
       --config.data.path=DATA
 """
 
-from drope_jax.run_config import default_config
+from drope_jax.run_config import sibling_config
 
 
 def get_config(hf_dir: str = ""):
-    c = default_config()
-    c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32, mlp_dim=11008,
-                   tie_embeddings=False, rope_theta=10000.0, norm_eps=1e-5, qk_norm="proj",
-                   compute_dtype="bfloat16", remat="full")
-    c.data.update(source="arrayrecord", path="", seq_len=4096)
-    c.train.update(global_batch_size=512, total_steps=15_000)
-    c.optim.update(lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.0, weight_decay=0.0, grad_clip=1.0)
-    c.drope.update(flip_step=0)
-    c.init_from = f"hf:{hf_dir}" if hf_dir else "hf:Llama-2-7b-hf"
-    c.checkpoint.update(every_steps=500, keep=3)
-    c.log.every_steps = 10
+    c = sibling_config(__file__, "llama2_7b_drope.py").get_config(hf_dir)
+    c.model.qk_norm = "proj"  # one RMSNorm over the whole q and k projections, started at 1
+    # the official QK-norm run trains longer at the higher LR
+    c.train.total_steps = 15_000
+    c.optim.lr = 3e-4
+    c.checkpoint.every_steps = 500
     return c

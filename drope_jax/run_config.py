@@ -18,6 +18,18 @@ from drope_jax.optim import SCHEDULES
 from drope_jax.positions import NOPE, ROPE, PosEncoding
 
 
+def sibling_config(config_file: str, name: str):
+    """The config module ``name`` in the same folder as ``config_file``: variants build on a base config."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(config_file).with_name(name)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
