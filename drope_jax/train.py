@@ -237,7 +237,8 @@ def apply_flip(config, state, tx, state_sh, step: int):
 
 
 def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh) -> dict:
-    """Held-out perplexity at each context multiple, for the last RoPE-phase model and the final one."""
+    """Held-out perplexity at each context multiple, for the last RoPE-phase model and the final one, on the
+    same text at every length."""
     seq_len = config.data.seq_len
     models = []
     if plan.flip_step:
@@ -253,9 +254,10 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh) -> dic
     results = {"train_context": seq_len, "lengths": lengths, "perplexity": {}}
     header = f"{'held-out perplexity':<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))
     rows = [header]
+    sequences = evaluation.same_text_sequences(corpus, config)
     for name, params, pos, use_qk in models:
-        ppl = [evaluation.perplexity(spec, params, corpus.eval_sequences(n, config.eval.num_sequences), pos,
-                                     use_qk_norm=use_qk, batch_size=config.eval.batch_size) for n in lengths]
+        ppl = [evaluation.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
+                                     batch_size=config.eval.batch_size) for m in config.eval.lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
         rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))
     log("\n".join(rows))
