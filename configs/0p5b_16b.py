@@ -3,6 +3,9 @@
 Context 1024 tokens; global batch 512 sequences = 524,288 tokens per step; so 30,517 steps with the
 flip at step 26,702. Needs pre-tokenized data (49,152-token vocab):
   python launch/tpu_run.py --config=configs/0p5b_16b.py --workdir=gs://... --config.data.path=DIR
+The whole batch fits one step on a v5p-8 (90.7 of 95 GiB per chip). Chips with less HBM keep the
+batch and accumulate: --config.train.grad_accum=4 on a v4-8 or v6e-8, 16 on a v5e-8 (found with
+launch/aot_compile.py --search_grad_accum; docs/performance.md).
 """
 
 from drope_jax.run_config import default_config

@@ -5,7 +5,9 @@ Published recipe (official run config llama2_7b_drope): global batch 512 x 4096 
 to 0, no weight decay, clip 1.0. Needs data in Llama-2's 32,000-token vocab:
   python launch/tpu_run.py --config=configs/llama2_7b_drope.py:/models/Llama-2-7b-hf --workdir=DIR \
       --config.data.path=DATA
-Raise config.train.grad_accum if 512 sequences of 4096 tokens do not fit in one step.
+On a v5p-64 slice (32 chips, FSDP over all) the full batch fits in one step, 16 sequences per chip:
+44.4 of 95 GiB per chip with remat "full" (launch/aot_compile.py --topology=v5p-64, 2026-11-26).
+On smaller slices raise config.train.grad_accum (launch/aot_compile.py --search_grad_accum finds it).
 """
 
 from drope_jax.run_config import default_config
@@ -15,6 +17,8 @@ def get_config(hf_dir: str = ""):
     c = default_config()
     c.model.update(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=32, mlp_dim=11008,
                    tie_embeddings=False, rope_theta=10000.0, norm_eps=1e-5, qk_norm="none",
+                   # "full": saving the matmul outputs instead ("dots_no_batch") needs 179 GiB of temporaries
+                   # per chip at 16 x 4096 tokens per chip, past a v5p chip's 95 GiB (docs/performance.md)
                    compute_dtype="bfloat16", remat="full")
     c.data.update(source="arrayrecord", path="", seq_len=4096)
     c.train.update(global_batch_size=512, total_steps=5_000)

@@ -33,6 +33,7 @@ class AotReport:
     alias_bytes: int  # outputs that reuse donated arguments' buffers
     code_bytes: int
     flops_per_chip: float  # XLA's cost analysis of the partitioned step (kernels such as splash count 0)
+    layer_scan_iterations: int  # XLA's cost analysis counts a loop body once, whatever its trip count
     model_flops_per_chip: float  # PaLM formula: (6 N + 12 L d T) per token
 
     @property
@@ -47,16 +48,16 @@ class AotReport:
 class DoesNotFit(RuntimeError):
     """The step needs more HBM than the chip has: XLA refused to compile it, or its memory analysis says so."""
 
-    def __init__(self, tpu_slice: TpuSlice, xla_message: str, need_gib: float | None = None):
+    def __init__(self, tpu_slice: TpuSlice, xla_message: str = "", need_gib: float | None = None):
         self.slice, self.xla_message, self.need_gib = tpu_slice, xla_message, need_gib
         m = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM", xla_message)
         if m:
             self.need_gib = float(m.group(1))
-        need = "more than that" if self.need_gib is None else f"{self.need_gib:.1f} GiB" + (
-            " of temporaries alone" if m else "")
+        self.need = "more than it has" if self.need_gib is None else f"{self.need_gib:.1f} GiB" + (
+            " of temporaries alone, so XLA refused to compile it" if m else "")
         xla = f" (XLA: {xla_message.splitlines()[0][:300]})" if xla_message else ""
         super().__init__(f"DOES NOT FIT on {tpu_slice.name} ({tpu_slice.hbm_gib} GiB HBM per chip): the step needs "
-                         f"{need}{xla}. Lower the per-chip batch with config.train.grad_accum (or "
+                         f"{self.need}{xla}. Lower the per-chip batch with config.train.grad_accum (or "
                          "--search_grad_accum), use config.model.remat='full', or take a larger slice.")
 
 
@@ -99,6 +100,7 @@ def compile_train_step(config, tpu_slice: TpuSlice, phase: str | None = None):
         argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
         temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
         code_bytes=mem.generated_code_size_in_bytes, flops_per_chip=float(cost.get("flops", 0.0)),
+        layer_scan_iterations=-(-setup.plan.model.num_layers // setup.plan.model.scan_unroll),
         model_flops_per_chip=tokens * metrics.flops_per_token(setup.plan.model, config.data.seq_len) / mesh.size)
     return report, compiled
 
@@ -106,6 +108,9 @@ def compile_train_step(config, tpu_slice: TpuSlice, phase: str | None = None):
 def describe(r: AotReport) -> str:
     gib = 2**30
     verdict = "FITS" if r.fits else "DOES NOT FIT"
+    loops = [f"the layer scan's {r.layer_scan_iterations} iterations"] if r.layer_scan_iterations > 1 else []
+    loops += [f"the {r.grad_accum} microbatches"] if r.grad_accum > 1 else []
+    loops = f"; XLA counts each loop body once: {' and '.join(loops)} count as one" if loops else ""
     return "\n".join([
         f"{r.slice.name}: {r.slice.chips} chips ({r.slice.topology}), {r.slice.hbm_gib} GiB HBM each | mesh {r.mesh}",
         f"step: {r.phase} | seq {r.seq_len} x global batch {r.global_batch} (grad_accum {r.grad_accum}) | "
@@ -115,7 +120,7 @@ def describe(r: AotReport) -> str:
         f"{r.temp_bytes / gib:.2f} - aliased {r.alias_bytes / gib:.2f} GiB; code {r.code_bytes / 2**20:.1f} MiB)",
         f"compiled FLOPs per step: {r.flops_per_chip / 1e12:.2f} TFLOP per chip, "
         f"{r.flops_per_chip * r.slice.chips / 1e12:.1f} TFLOP in all (XLA cost analysis; the splash kernel is not "
-        f"counted) | model FLOPs (PaLM) {r.model_flops_per_chip / 1e12:.2f} TFLOP per chip",
+        f"counted{loops}) | model FLOPs (PaLM) {r.model_flops_per_chip / 1e12:.2f} TFLOP per chip",
     ])
 
 
@@ -129,14 +134,13 @@ def search_grad_accum(config, tpu_slice: TpuSlice, phase: str | None = None, log
             report, compiled = compile_train_step(config, tpu_slice, phase)
             if report.fits:
                 return report, compiled
-            last = DoesNotFit(tpu_slice, "", need_gib=report.bytes_per_chip / 2**30)
+            last = DoesNotFit(tpu_slice, need_gib=report.bytes_per_chip / 2**30)
         except DoesNotFit as e:
             last = e
         except ConfigError:  # the batch no longer divides into smaller microbatches over the chips
             if last is None:
                 raise
             raise last from None
-        need = "" if last.need_gib is None else f" (needs {last.need_gib:.1f} GiB)"
-        log(f"grad_accum {config.train.grad_accum}: does not fit on {tpu_slice.name}{need}; trying "
+        log(f"grad_accum {config.train.grad_accum}: does not fit on {tpu_slice.name} (needs {last.need}); trying "
             f"{config.train.grad_accum * 2}")
         config.train.grad_accum *= 2

@@ -80,5 +80,5 @@ def test_does_not_fit_reads_xla_s_figure_and_names_the_fix(aot):
            "exceeds available HBM (30.75G).")
     e = aot.DoesNotFit(tpu.parse_slice("v4-8"), xla)
     assert e.need_gib == 86.47
-    assert "DOES NOT FIT on v4-8 (32 GiB HBM per chip): the step needs 86.5 GiB of temporaries" in str(e)
+    assert "DOES NOT FIT on v4-8 (32 GiB HBM per chip): the step needs 86.5 GiB of temporaries alone" in str(e)
     assert "config.train.grad_accum" in str(e) and "config.model.remat" in str(e)
