@@ -65,7 +65,7 @@ class TpuSlice:
         host_bounds = (dims[0], dims[1], 1) if single_host_grid else (min(dims[0], 2), min(dims[1], 2), 1)
         try:
             from jax.experimental import topologies
-            _quiet_libtpu(self.name)
+            _quiet_libtpu()
             topo = topologies.get_topology_desc(
                 platform="tpu", topology_name=f"{gen.libtpu_name}:{self.topology}", chip_config_name=gen.chip_config,
                 chips_per_host_bounds=host_bounds, num_slices=1)
@@ -93,10 +93,10 @@ def known_slices() -> list[str]:
     return [f"{g}-{n}" for g, gen in GENERATIONS.items() for n in gen.shapes]
 
 
-def _quiet_libtpu(name: str) -> None:
-    # libtpu otherwise asks the GCE metadata server what it runs on, and warns at length. Several
-    # processes may hold libtpu at once here: each only describes a topology, none owns a chip.
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", name)
+def _quiet_libtpu() -> None:
+    # libtpu otherwise asks the GCE metadata server what it runs on. Several processes may hold libtpu
+    # at once here: each only describes a topology, none owns a chip. TPU_ACCELERATOR_TYPE stays unset
+    # (one line of warning): libtpu reads it once per process, and a process may describe several slices.
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
