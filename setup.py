@@ -18,6 +18,7 @@ setup(
         "absl-py>=2.3",
         "numpy>=2.0",
         "tensorboardX>=2.6",
+        "tokenizers>=0.20",  # Hugging Face tokenizers for launch/prepare_data.py, loaded offline
         "matplotlib>=3.8",  # launch/evaluate.py's plots
         "tqdm>=4.60",  # launch/evaluate.py's progress bar
     ],
@@ -26,7 +27,8 @@ setup(
         "hf": ["torch==2.13.0", "transformers>=5.0", "safetensors"],
         # libtpu (~140 MB) compiles for TPU topologies on a CPU-only host: launch/aot_compile.py
         "tpu": ["jax[tpu]==0.10.2"],
+        "parquet": ["pyarrow>=15"],  # launch/prepare_data.py --format=parquet
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors",
-                 "jax[tpu]==0.10.2"],
+                 "jax[tpu]==0.10.2", "pyarrow>=15"],
     },
 )

@@ -18,5 +18,5 @@ def get_config():
     c.drope.update(flip_step=320, rewarm_steps=10)
     c.checkpoint.update(every_steps=100, keep=2)
     c.log.every_steps = 20
-    c.eval.update(lengths=(1, 2, 4), num_sequences=16, every_steps=40)  # held-out ppl on the curve: the flip shows
+    c.eval.update(lengths=(1, 2, 4), num_sequences=16, every_steps=80)  # held-out ppl on the curve: the flip shows
     return c

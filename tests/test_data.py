@@ -183,3 +183,18 @@ def test_a_local_bpe_tokenizer_works_end_to_end(tmp_path):
                     train=dict(total_steps=10), drope=dict(flip_step=6))
     result = train.run(c, tmp_path / "run")
     assert all(np.isfinite(v) for r in result["perplexity"].values() for v in r.values())
+
+
+def test_parquet_rows_are_documents(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["first row", None, "second row"], "id": [1, 2, 3]}), tmp_path / "a.parquet")
+    meta = prepare.prepare(str(tmp_path / "a.parquet"), "parquet", "bytes", str(tmp_path / "out"), val_fraction=0.0,
+                           progress=lambda _: None)
+    docs = list(data.Corpus(tmp_path / "out").documents("train"))
+    assert sorted(bytes(d[:-1].astype(np.uint8)).decode() for d in docs) == ["first row", "second row"]
+    assert meta["skipped_documents"] == 1
+    with pytest.raises(ConfigError, match="has no column 'body'"):
+        prepare.prepare(str(tmp_path / "a.parquet"), "parquet", "bytes", str(tmp_path / "out2"), text_field="body",
+                        progress=lambda _: None)
