@@ -6,7 +6,7 @@ Walks the Python installation's site-packages and standard library, and writes e
 source files (.py, .pyi, C/C++/CUDA sources and headers, .md/.rst docs) as one JSONL document, the
 files separated by a "# file: <path>" line, so that a long context holds related code (a package's
 modules import and call each other). Directories larger than --doc_mb are cut into several
-documents. Writes DIR/corpus/*.jsonl and trains a byte-level BPE tokenizer on a sample of it with
+documents; no top-level package gives more than --package_mb. Writes DIR/corpus/*.jsonl and trains a byte-level BPE tokenizer on a sample of it with
 the `tokenizers` library into DIR/tokenizer/tokenizer.json. Deterministic for a given installation.
 """
 
@@ -57,6 +57,8 @@ def main():
     parser.add_argument("--max_mb", type=float, default=800, help="stop after this much text")
     parser.add_argument("--doc_mb", type=float, default=0.5, help="cut a directory's text into documents this large")
     parser.add_argument("--max_file_mb", type=float, default=1.0, help="skip larger files (generated tables)")
+    parser.add_argument("--package_mb", type=float, default=48,
+                        help="at most this much text from one top-level package, so no single one dominates")
     parser.add_argument("--files", type=int, default=64, help="JSONL files to spread the documents over")
     parser.add_argument("--vocab_size", type=int, default=16384)
     parser.add_argument("--tokenizer_sample_mb", type=float, default=64)
@@ -71,10 +73,14 @@ def main():
     sample, rng = [], random.Random(0)
     sample_prob = min(1.0, args.tokenizer_sample_mb / args.max_mb)
     skip = tuple(args.skip.split(","))
-    roots = source_roots()
+    roots, per_package = source_roots(), {}
     for root in roots:  # the standard library holds site-packages: each is walked once
-        for _, text in directory_documents(root, int(args.max_file_mb * 2**20), int(args.doc_mb * 2**20), skip,
-                                           [r for r in roots if r != root]):
+        for directory, text in directory_documents(root, int(args.max_file_mb * 2**20), int(args.doc_mb * 2**20),
+                                                   skip, [r for r in roots if r != root]):
+            package = (root, pathlib.Path(directory).relative_to(root).parts[:1])
+            if per_package.get(package, 0) >= args.package_mb * 2**20:
+                continue
+            per_package[package] = per_package.get(package, 0) + len(text)
             writers[docs % args.files].write(json.dumps({"text": text}) + "\n")
             total, docs = total + len(text), docs + 1
             if rng.random() < sample_prob:
