@@ -48,6 +48,10 @@ class Template:
     query_all: str  # {key}, {nouns}: asks for every value of one key
     query_many: str  # {keys}, {nouns}: asks for the values of several keys
     join_keys: str = ", "
+    key_name: str = "{key}"  # how a key word is written everywhere, e.g. as a variable name
+    value_digits: int = 7
+    answer: str = " {values}."  # a correct continuation: {values} joined with answer_sep
+    answer_sep: str = ", "
 
 
 TEMPLATES = {
@@ -62,7 +66,12 @@ TEMPLATES = {
                    "The special magic {nouns} for {keys} mentioned in the provided text are"),
     # For small contexts (a byte-level model of 128 tokens): the same tasks in a few tokens each.
     "short": Template("short", needle=" {key}={value}.", query_one=" {key}=", query_all=" all {key}=",
-                      query_many=" {keys}=", join_keys=","),
+                      query_many=" {keys}=", join_keys=",", value_digits=4, answer="{values}.", answer_sep=","),
+    # For models trained on source code: a needle is an assignment, a query an assert to complete
+    # (multivalue: the key is assigned several times; the query asks for the tuple of its values).
+    "code": Template("code", needle="\n{key} = {value}\n", query_one="\nassert {key} ==",
+                     query_all="\nassert {key} in (", query_many="\nassert ({keys}) == (",
+                     key_name="magic_{key}", value_digits=6, answer=" {values}", answer_sep=", "),
 }
 
 
@@ -103,7 +112,7 @@ class Generator:
             raise ConfigError("the NIAH haystack is empty: the held-out split has no tokens")
         self.tokenizer, self.haystack = tokenizer, np.asarray(haystack_tokens, np.int32)
         self.template, self.values, self.num_needles, self.seed = TEMPLATES[template], values, num_needles, seed
-        self.value_digits = value_digits or (7 if template == "ruler" else 4)
+        self.value_digits = value_digits or self.template.value_digits
         self._token_text: dict[int, str] = {}
 
     def _text(self, token: int) -> str:
@@ -148,6 +157,7 @@ class Generator:
         taken: set = set()
         keys = [str(k) for k in rng.choice(WORDS, size=n, replace=False)]
         taken.update(keys)
+        keys = [t.key_name.format(key=k) for k in keys]
         if task == "multivalue":
             pairs = [(keys[0], self._value(rng, taken)) for _ in range(n)]
             return pairs, t.query_all.format(key=keys[0], **nouns), tuple(v for _, v in pairs), False
@@ -189,8 +199,7 @@ class Generator:
 
     def answer_text(self, sample: Sample) -> str:
         """A correct continuation, e.g. " 1234567." or " 11, 22, 33.": sets how many tokens to generate."""
-        sep = "," if self.template.name == "short" else ", "
-        return (" " if self.template.name == "ruler" else "") + sep.join(sample.answers) + "."
+        return self.template.answer.format(values=self.template.answer_sep.join(sample.answers))
 
     def room_needed(self, task: str) -> int:
         """Tokens the needles and query of one ``task`` prompt take (seed 0, index 0)."""

@@ -91,6 +91,20 @@ def test_short_template_and_word_values():
     assert niah.pick_template(TOK, 128) == "short" and niah.pick_template(TOK, 2048) == "ruler"
 
 
+@pytest.mark.parametrize("task", niah.TASKS)
+def test_code_template_writes_assignments_and_asks_with_an_assert(task):
+    g = niah.Generator(TOK, HAYSTACK, template="code", seed=0)
+    s = g.sample(task, 600, 0.5)
+    text = TOK.decode(s.prompt)
+    query = text[text.rindex("\nassert "):]
+    assert len(s.answers[0]) == 6 and all(f" = {v}\n" in text for v in s.answers)
+    for start, size, value in zip(s.needle_starts, s.needle_lengths, s.answers):  # the needles asked about
+        needle = TOK.decode(s.prompt[start:start + size])
+        assert needle.startswith("\nmagic_") and needle.endswith(f" = {value}\n")
+        assert needle.split(" = ")[0].strip() in query
+    assert niah.score(s, g.answer_text(s)) and not niah.score(s, " 0" + g.answer_text(s))
+
+
 def test_too_short_a_prompt_is_refused_by_name():
     with pytest.raises(ConfigError, match="short"):
         gen().sample("multiquery", 100, 0.5)
