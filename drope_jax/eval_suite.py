@@ -99,6 +99,10 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
         template = niah.pick_template(tokenizer, context, settings.template)
         haystack = held_out_tokens(corpus, 4 * context * max(settings.lengths))
         generator = niah.Generator(tokenizer, haystack, template=template, values=settings.values, seed=settings.seed)
+        shortest, needs = min(settings.lengths) * context, max(generator.room_needed(t) for t in settings.niah_tasks)
+        if needs >= shortest:
+            raise ConfigError(f"NIAH template {template!r} needs {needs} tokens for needles and queries, more than "
+                              f"the shortest prompt ({shortest} tokens); use --template=short or longer --lengths")
         log(f"NIAH: template {template!r}, {settings.niah_samples} prompts per task x length x depth, "
             f"{len(haystack):,} held-out haystack tokens")
 

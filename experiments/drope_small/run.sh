@@ -6,7 +6,8 @@
 # Idempotent: every stage is skipped once its output exists, and training runs under a deadline
 # (SCIENCE_BUDGET_S seconds for this invocation), ending with SIGTERM, which checkpoints and exits;
 # the same command continues where it stopped. Results are packed into $OUT/drope_small.tgz.
-# SCIENCE_OVERRIDES (extra --config.* flags) shrinks the runs for a smoke test.
+# SCIENCE_OVERRIDES (extra --config.* flags) shrinks the runs for a smoke test; TOKENIZER= (empty) trains
+# a new tokenizer instead of using the committed one; NIAH_TEMPLATE=ruler asks RULER's English questions.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${SCIENCE_DIR:-/tmp/drope_small}
@@ -21,7 +22,8 @@ left() { echo $((deadline - SECONDS)); }
 declare -A METHODS=([rope]=rope,pi,ntk,yarn [drope]=drope [nope]=nope [drope_qknorm]=drope)
 
 if [ ! -f "$ROOT/data/metadata.json" ]; then
-  python experiments/drope_small/stage_corpus.py --out="$ROOT/stage" ${STAGE_FLAGS:-} 2>&1 | tee "$ROOT/logs/stage.log" &&
+  python experiments/drope_small/stage_corpus.py --out="$ROOT/stage" --tokenizer=${TOKENIZER-experiments/drope_small/tokenizer} \
+    ${STAGE_FLAGS:-} 2>&1 | tee "$ROOT/logs/stage.log" &&
   python launch/prepare_data.py --input="$ROOT/stage/corpus/*.jsonl" --format=jsonl \
     --tokenizer="$ROOT/stage/tokenizer" --out="$ROOT/data" --val_fraction=0.01 2>&1 | tee "$ROOT/logs/prepare.log" ||
   exit 1
@@ -38,7 +40,7 @@ for arm in $ARMS; do
   if [ ! -f "$W/eval/results.json" ]; then
     [ "$(left)" -gt 60 ] || break
     timeout -s KILL $(left) python launch/evaluate.py --workdir="$W" --methods=${METHODS[$arm]} --lengths=1,2,4,8 \
-      --tasks=ppl,niah --niah_samples=${NIAH_SAMPLES:-16} --batch_size=16 2>&1 | tee "$ROOT/logs/eval_$arm.log"
+      --tasks=ppl,niah --template=${NIAH_TEMPLATE:-code} --niah_samples=${NIAH_SAMPLES:-16} --batch_size=16 2>&1 | tee "$ROOT/logs/eval_$arm.log"
     [ -f "$W/eval/results.json" ] || break
   fi
 done

@@ -7,7 +7,9 @@ source files (.py, .pyi, C/C++/CUDA sources and headers, .md/.rst docs) as one J
 files separated by a "# file: <path>" line, so that a long context holds related code (a package's
 modules import and call each other). Directories larger than --doc_mb are cut into several
 documents; no top-level package gives more than --package_mb. Writes DIR/corpus/*.jsonl and trains a byte-level BPE tokenizer on a sample of it with
-the `tokenizers` library into DIR/tokenizer/tokenizer.json. Deterministic for a given installation.
+the `tokenizers` library into DIR/tokenizer/tokenizer.json (or copies --tokenizer: the one committed
+beside this file, trained so on the GPU machine, makes the token ids of docs/reproduction.md).
+Deterministic for a given installation.
 """
 
 import argparse
@@ -15,6 +17,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import sys
 import sysconfig
 
@@ -60,6 +63,7 @@ def main():
     parser.add_argument("--package_mb", type=float, default=48,
                         help="at most this much text from one top-level package, so no single one dominates")
     parser.add_argument("--files", type=int, default=64, help="JSONL files to spread the documents over")
+    parser.add_argument("--tokenizer", default="", help="a tokenizer directory to copy instead of training one")
     parser.add_argument("--vocab_size", type=int, default=16384)
     parser.add_argument("--tokenizer_sample_mb", type=float, default=64)
     parser.add_argument("--skip", default="drope_jax,__pycache__,tests,test",
@@ -93,6 +97,12 @@ def main():
         w.close()
     print(f"staged {docs:,} documents, {total / 2**20:,.1f} MiB of text from {[str(r) for r in roots]}")
 
+    (out / "tokenizer").mkdir(exist_ok=True)
+    if args.tokenizer:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(pathlib.Path(args.tokenizer) / name, out / "tokenizer" / name)
+        print(f"copied the tokenizer in {args.tokenizer} -> {out / 'tokenizer'}")
+        return 0
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -101,7 +111,6 @@ def main():
     trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(sample, trainer=trainer)
-    (out / "tokenizer").mkdir(exist_ok=True)
     tok.save(str(out / "tokenizer" / "tokenizer.json"))
     (out / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS}))
     print(f"trained a byte-level BPE tokenizer ({tok.get_vocab_size():,} tokens) on {len(sample):,} documents, "
