@@ -73,7 +73,7 @@ def plot_perplexity(results: dict, path) -> pathlib.Path:
     for name, ppl in results["ppl"].items():
         ax.plot(lengths, [ppl[m] for m in results["lengths"]], marker="o", label=name)
     ax.axvline(results["run"]["context"], color="grey", linestyle=":", linewidth=1)
-    ax.set(xscale="log", xlabel="evaluation length (tokens)", ylabel="held-out perplexity",
+    ax.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="held-out perplexity",
            title="Perplexity vs length (dotted: training context)")
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
