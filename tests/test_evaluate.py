@@ -137,6 +137,9 @@ def test_a_method_the_run_cannot_supply_is_refused_by_name(runs, methods, messag
     with pytest.raises(ConfigError, match="scales RoPE"):
         settings = eval_suite.Settings(methods=(("yarn", None),), lengths=(2,), tasks=("ppl",))
         eval_suite.evaluate(Run(runs / "alibi"), settings, log=lambda _: None)
+    with pytest.raises(ConfigError, match="template 'code' needs .* --template=short"):
+        settings = eval_suite.Settings(methods=(("drope", None),), lengths=(1,), tasks=("niah",), template="code")
+        eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
 
 
 @pytest.mark.parametrize("model_type, extra, trained", [
