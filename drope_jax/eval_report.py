@@ -33,9 +33,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def niah_mean(results, method: str, task: str | None = None) -> dict[str, float]:
-    """Accuracy by length multiple, averaged over depths (and over tasks when ``task`` is None)."""
-    by_task = results["niah"][method]
+def niah_mean(results, method: str, task: str | None = None, section: str = "niah") -> dict[str, float]:
+    """Accuracy (or ``section``'s score) by length multiple, averaged over depths (and tasks when ``task`` is None)."""
+    by_task = results[section][method]
     tasks = [task] if task else list(by_task)
     return {m: float(np.mean([a for t in tasks for a in by_task[t][m].values()])) for m in results["lengths"]}
 
@@ -62,6 +62,11 @@ def markdown(results: dict) -> str:
         parts += [f"## NIAH exact-match accuracy (mean over depths {s['depths']}; {s['niah_samples']} prompts per "
                   f"task x length x depth; template {s['template']!r})", "",
                   _table(["method", "task"] + _length_header(results), rows), ""]
+    if results.get("niah_answer_nll"):
+        rows = [[name] + [f"{v:.2f}" for v in niah_mean(results, name, section="niah_answer_nll").values()]
+                for name in results["niah_answer_nll"]]
+        parts += ["## NIAH answer NLL (nats per token of the correct answer, teacher-forced, mean over tasks and "
+                  "depths; lower: more retrieved)", "", _table(["method"] + _length_header(results), rows), ""]
     return "\n".join(parts)
 
 

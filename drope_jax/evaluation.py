@@ -14,22 +14,26 @@ from drope_jax.state import ModelSpec, apply, token_nll
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm", "query_chunk"))
-def _nll_sum_by_position(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool,
-                         query_chunk: int | None):
+def _nll(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool, query_chunk: int | None):
     logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
-    return jnp.sum(token_nll(logits_BTV, tokens_BT1[:, 1:]), axis=0)
+    return token_nll(logits_BTV, tokens_BT1[:, 1:])
+
+
+def row_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *, use_qk_norm: bool = True,
+            batch_size: int = 4, query_chunk: int | None = None) -> np.ndarray:
+    """Next-token NLL [N, T] of each row of ``sequences_NT1`` (rows of T + 1 tokens): entry t scores token t + 1.
+    ``query_chunk`` bounds attention memory for long rows (see attention.py)."""
+    return np.concatenate([
+        np.asarray(_nll(params, jnp.asarray(sequences_NT1[i:i + batch_size]), spec=spec, pos=pos,
+                        use_qk_norm=use_qk_norm, query_chunk=query_chunk), np.float64)
+        for i in range(0, len(sequences_NT1), batch_size)])
 
 
 def position_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *, use_qk_norm: bool = True,
                  batch_size: int = 4, query_chunk: int | None = None) -> np.ndarray:
-    """Mean next-token NLL at each position [T] over ``sequences_NT1`` (rows of T + 1 tokens).
-    ``query_chunk`` bounds attention memory for long rows (see attention.py)."""
-    total_T = np.zeros(sequences_NT1.shape[1] - 1, np.float64)
-    for i in range(0, len(sequences_NT1), batch_size):
-        chunk = jnp.asarray(sequences_NT1[i:i + batch_size])
-        total_T += np.asarray(_nll_sum_by_position(params, chunk, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
-                                                   query_chunk=query_chunk), np.float64)
-    return total_T / len(sequences_NT1)
+    """Mean next-token NLL at each position [T] over the rows of ``sequences_NT1``."""
+    return row_nll(spec, params, sequences_NT1, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
+                   query_chunk=query_chunk).mean(axis=0)
 
 
 def perplexity(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *,

@@ -32,10 +32,11 @@ def load_round(directory: pathlib.Path) -> dict:
 def merged_results(arms: dict) -> dict:
     """One evaluator-shaped results dict over the arms; an arm's own "drope" method is named after the arm."""
     first = next(iter(arms.values()))["results"]
-    merged = {**first, "methods": {}, "ppl": {}, "loss_by_position": {}, "niah": {}, "niah_examples": {}}
+    sections = ("methods", "ppl", "loss_by_position", "niah", "niah_answer_nll", "niah_examples")
+    merged = {**first, **{section: {} for section in sections}}
     for arm, run in arms.items():
-        for section in ("methods", "ppl", "loss_by_position", "niah", "niah_examples"):
-            for method, value in run["results"][section].items():
+        for section in sections:  # niah_answer_nll: only in results written after 2026-11-26's runs
+            for method, value in run["results"].get(section, {}).items():
                 merged[section][arm if method == "drope" else method] = value
     return merged
 
