@@ -179,7 +179,7 @@ def _needles(results, label, source, weights, encodings, generator, settings, ch
 def answer_nlls(spec, params, pos, generator, samples, batch_size: int, *, use_qk_norm: bool = True,
                 query_chunk: int | None = None) -> list[float]:
     """Mean NLL per token of each sample's correct answer, teacher-forced after its prompt: a graded
-    retrieval score that moves before exact match does (a random 6-digit value costs about 14 nats)."""
+    retrieval score that moves before exact match does (a random 6-digit value costs ln 1e6 = 14 nats in all)."""
     answers = [generator.tokenizer.encode(generator.answer_text(s)) for s in samples]
     width, prompt = max(map(len, answers)), len(samples[0].prompt)
     rows = np.stack([np.concatenate([s.prompt, a, np.repeat(a[-1:], width - len(a))]) for s, a in zip(samples, answers)])
