@@ -7,7 +7,6 @@ tokens with random weights; the median of 5 timed calls after a warm-up.
 """
 
 import argparse
-import importlib.util
 import statistics
 import time
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from drope_jax import evaluation
 from drope_jax.positions import NOPE, ROPE
+from drope_jax.run_config import load_module
 from drope_jax.train import make_setup
 
 
@@ -24,9 +24,7 @@ def main():
     p.add_argument("--lengths", default="8192,16384,32768")
     p.add_argument("--pos", default="nope", choices=["rope", "nope"])
     args = p.parse_args()
-    spec_file = importlib.util.spec_from_file_location("cfg", "configs/0p5b_16b.py")
-    module = importlib.util.module_from_spec(spec_file)
-    spec_file.loader.exec_module(module)
+    module = load_module("configs/0p5b_16b.py")
     setup = make_setup(module.get_config())
     pos = NOPE if args.pos == "nope" else ROPE
     rng = np.random.default_rng(0)

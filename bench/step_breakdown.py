@@ -8,7 +8,6 @@ config. Used to decide what to optimise; the headline numbers come from launch/b
 
 import argparse
 import functools
-import importlib.util
 import statistics
 import time
 
@@ -20,6 +19,7 @@ from drope_jax import sharding
 from drope_jax.positions import ROPE
 from drope_jax.state import token_nll
 from drope_jax.step import loss_fn
+from drope_jax.run_config import load_module
 from drope_jax.train import make_setup
 
 
@@ -42,9 +42,7 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=1024)
     args = p.parse_args()
-    spec_file = importlib.util.spec_from_file_location("cfg", "configs/0p5b_16b.py")
-    cfg_mod = importlib.util.module_from_spec(spec_file)
-    spec_file.loader.exec_module(cfg_mod)
+    cfg_mod = load_module("configs/0p5b_16b.py")
     config = cfg_mod.get_config()
     config.model.remat = args.remat
     config.train.global_batch_size = args.batch
@@ -54,7 +52,7 @@ def main():
     with jax.set_mesh(setup.mesh):
         state = setup.fresh_state()
         tokens = sharding.host_batch_to_global(
-            rng.integers(0, 49152, (args.batch, args.seq_len + 1), dtype=np.int32), setup.mesh)
+            rng.integers(0, config.model.vocab_size, (args.batch, args.seq_len + 1), dtype=np.int32), setup.mesh)
         batch = {"tokens": tokens}
         params = state["params"]
         lf = functools.partial(loss_fn, spec=setup.spec, pos=ROPE, use_qk_norm=True)

@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from drope_jax import splash
+from drope_jax.model_config import ATTENTION_BACKENDS
 
 
-BACKENDS = ("auto", "xla", "cudnn", "splash")
 
 
 def default_implementation(dtype, *, needs_bias_or_mask: bool = False, platform: str | None = None) -> str:
@@ -49,8 +49,8 @@ def default_implementation(dtype, *, needs_bias_or_mask: bool = False, platform:
 def choose_implementation(implementation: str | None, dtype, seq_len: int, *, has_bias: bool,
                           has_mask: bool) -> str:
     """The backend of one unchunked self-attention call: "xla", "cudnn" or "splash"."""
-    if implementation not in (None,) + BACKENDS:
-        raise ValueError(f"attention implementation {implementation!r}: choose one of {BACKENDS} "
+    if implementation not in (None,) + ATTENTION_BACKENDS:
+        raise ValueError(f"attention implementation {implementation!r}: choose one of {ATTENTION_BACKENDS} "
                          "(config.model.attention_backend)")
     if implementation in (None, "auto"):
         platform = splash.target_platform()

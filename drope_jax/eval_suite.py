@@ -35,7 +35,7 @@ class Settings:
     ppl_sequences: int = 16  # rows at the longest length; shorter lengths cover the same text in more rows
     batch_size: int = 4
     query_chunk: int = 1024  # attention queries per chunk: memory is linear in length (0: whole sequences)
-    template: str = "auto"  # NIAH wording: "ruler", "short", or auto by the training context
+    template: str = "auto"  # NIAH wording: "ruler", "short", "code", or auto (ruler or short) by the context
     values: str = "number"
     seed: int = 0
 
@@ -156,13 +156,13 @@ def _perplexity(results, label, source, weights, encodings, corpus, settings, ch
 
 def _needles(results, label, source, weights, encodings, generator, settings, chunk, progress):
     accuracy, answer_nll, examples = {}, {}, {}
+    forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk)
     for task in settings.niah_tasks:
         accuracy[task], answer_nll[task], examples[task] = {}, {}, {}
         for m, pos in encodings.items():
             accuracy[task][str(m)], answer_nll[task][str(m)] = {}, {}
             for depth in settings.depths:
                 samples = [generator.sample(task, m * source.context, depth, i) for i in range(settings.niah_samples)]
-                forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk)
                 texts = generate_answers(source.spec, weights.params, pos, generator, samples, settings.batch_size,
                                          **forward)
                 accuracy[task][str(m)][f"{depth:g}"] = float(np.mean([niah.score(s, t) for s, t in zip(samples, texts)]))

@@ -115,6 +115,10 @@ class Generator:
         self.value_digits = value_digits or self.template.value_digits
         self._token_text: dict[int, str] = {}
 
+    @property
+    def _nouns(self) -> dict:
+        return dict(noun=self.values, nouns=self.values + "s")
+
     def _text(self, token: int) -> str:
         if token not in self._token_text:
             self._token_text[token] = self.tokenizer.decode([token])
@@ -153,7 +157,7 @@ class Generator:
         if task not in TASKS:
             raise ConfigError(f"NIAH task {task!r}; choose from {TASKS}")
         t, n = self.template, 1 if task == "passkey" else self.num_needles
-        nouns = dict(noun=self.values, nouns=self.values + "s")
+        nouns = self._nouns
         taken: set = set()
         keys = [str(k) for k in rng.choice(WORDS, size=n, replace=False)]
         taken.update(keys)
@@ -172,7 +176,7 @@ class Generator:
             raise ConfigError(f"NIAH depth {depth} must lie in [0, 1]")
         rng = self._rng(task, length, depth, index)
         pairs, query, answers, ordered = self.needles_and_query(task, rng)
-        nouns = dict(noun=self.values, nouns=self.values + "s")
+        nouns = self._nouns
         needles = [self.tokenizer.encode(self.template.needle.format(key=k, value=v, **nouns)) for k, v in pairs]
         query_ids = self.tokenizer.encode(query)
         room = length - len(query_ids) - sum(map(len, needles))
@@ -204,7 +208,7 @@ class Generator:
     def room_needed(self, task: str) -> int:
         """Tokens the needles and query of one ``task`` prompt take (seed 0, index 0)."""
         pairs, query, _, _ = self.needles_and_query(task, self._rng(task, 0, 0.0, 0))
-        nouns = dict(noun=self.values, nouns=self.values + "s")
+        nouns = self._nouns
         needles = [self.template.needle.format(key=k, value=v, **nouns) for k, v in pairs]
         return len(self.tokenizer.encode(query)) + sum(len(self.tokenizer.encode(n)) for n in needles)
 

@@ -9,6 +9,8 @@ before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 
 import ml_collections
 from ml_collections import config_dict
@@ -18,16 +20,18 @@ from drope_jax.optim import SCHEDULES
 from drope_jax.positions import NOPE, ROPE, PosEncoding
 
 
-def sibling_config(config_file: str, name: str):
-    """The config module ``name`` in the same folder as ``config_file``: variants build on a base config."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(config_file).with_name(name)
+def load_module(path):
+    """The Python file ``path`` (a config, say) as a module, without putting its folder on sys.path."""
+    path = pathlib.Path(path)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def sibling_config(config_file: str, name: str):
+    """The config module ``name`` in the same folder as ``config_file``: variants build on a base config."""
+    return load_module(pathlib.Path(config_file).with_name(name))
 
 
 def default_config() -> ml_collections.ConfigDict:

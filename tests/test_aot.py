@@ -1,22 +1,19 @@
 """AOT compilation of the real train step for TPU slices, on this CPU-only host (libtpu describes the
 chips; nothing runs on them). Slice names, the compile and its memory report, and the errors."""
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from drope_jax import tpu
 from drope_jax.model_config import ConfigError
+from drope_jax.run_config import load_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_module(ROOT / "configs" / "tiny.py").get_config()
 
 
 @pytest.mark.parametrize("name, chips, grid, hbm", [

@@ -1,24 +1,18 @@
 """The science scripts in experiments/drope_small: corpus staging and the report over the committed results."""
 
-import importlib.util
 import pathlib
 import shutil
 import subprocess
 import sys
 
+from drope_jax.run_config import load_module
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCIENCE = REPO / "experiments" / "drope_small"
 
 
-def _module(name):
-    spec = importlib.util.spec_from_file_location(name, SCIENCE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_directories_become_documents_and_skipped_or_nested_roots_are_left_out(tmp_path):
-    stage = _module("stage_corpus")
+    stage = load_module(SCIENCE / "stage_corpus.py")
     root = tmp_path / "lib"
     for path, text in {"pkg/a.py": "A = 1\n", "pkg/b.md": "# doc\n", "pkg/data.bin": "x", "pkg/tests/t.py": "T\n",
                        "pkg/sub/c.py": "C = 3\n" * 50, "site-packages/other/d.py": "D\n"}.items():

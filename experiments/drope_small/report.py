@@ -49,19 +49,18 @@ def smooth(values, window: int = 10):
 def plot_training(arms: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
     fig, (full, zoom) = plt.subplots(1, 2, figsize=(11, 3.8))
-    flip = next((r["config"]["drope"]["flip_step"] for r in arms.values() if r["config"]["drope"]["flip_step"]), None)
+    flip = next(r["config"]["drope"]["flip_step"] for r in arms.values() if r["config"]["drope"]["flip_step"])
+    total, window = next(iter(arms.values()))["config"]["train"]["total_steps"], 10
     for arm, run in arms.items():
         train = [r for r in run["metrics"] if "loss" in r]
         steps, loss = np.array([r["step"] for r in train]), np.array([r["loss"] for r in train])
-        window = 10
         for ax in (full, zoom):
             ax.plot(steps[window - 1:], smooth(loss, window), label=ARM_LABELS.get(arm, arm), linewidth=1.2)
     for ax in (full, zoom):
-        if flip:
-            ax.axvline(flip, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(flip, color="grey", linestyle=":", linewidth=1)
         ax.set(xlabel="step (65,536 tokens each)", ylabel="training loss (mean of 10 logged steps)")
     full.set(title="Training loss (dotted: the flip to NoPE)", ylim=(1.4, 3.0))
-    zoom.set(title="Around the flip", xlim=(2400, 3200), ylim=(1.4, 3.4))
+    zoom.set(title="Around the flip", xlim=(flip - 400, total), ylim=(1.4, 3.4))
     full.legend(fontsize=8)
     eval_report._save(fig, path)
 

@@ -3,17 +3,15 @@
 Loaded both in-process (``get_config()``) and by ``launch/tpu_run.py --config=<this file>``.
 """
 
-import importlib.util
 import pathlib
+
+from drope_jax.run_config import load_module
 
 QUICKSTART = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py"
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
-    quickstart = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quickstart)
-    c = quickstart.get_config()
+    c = load_module(QUICKSTART).get_config()
     c.model.update(d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=64)
     c.data.update(seq_len=32)
     c.train.update(global_batch_size=8, total_steps=12)
