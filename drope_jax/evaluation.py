@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from drope_jax.positions import PosEncoding
-from drope_jax.state import ModelSpec, apply, token_nll
+from drope_jax.loss import token_nll
+from drope_jax.state import ModelSpec, apply
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm", "query_chunk"))

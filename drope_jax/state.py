@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from drope_jax import sharding
@@ -45,13 +44,6 @@ def apply(spec: ModelSpec, params: dict, tokens_BT, pos, *, use_qk_norm: bool = 
     """Logits, or (logits, cache) with a KV cache; see ``Transformer.__call__``."""
     return nnx.merge(spec.graphdef, params)(tokens_BT, pos, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
                                             use_qk_norm=use_qk_norm, cache=cache, query_chunk=query_chunk)
-
-
-def token_nll(logits_BTV, targets_BT):
-    """Per-token negative log-likelihood [B, T], computed in float32."""
-    logits = logits_BTV.astype(jnp.float32)
-    target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits, axis=-1) - target_logit_BT
 
 
 def count_params(params) -> int:

@@ -14,7 +14,8 @@ import optax
 
 from drope_jax import sharding
 from drope_jax.positions import PosEncoding
-from drope_jax.state import ModelSpec, apply, token_nll
+from drope_jax.loss import token_nll
+from drope_jax.state import ModelSpec, apply
 
 
 def init_state(params: dict, tx: optax.GradientTransformation) -> dict:

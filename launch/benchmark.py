@@ -1,7 +1,7 @@
 """Time the real train step on synthetic tokens.
 
   python launch/benchmark.py --config=configs/0p5b_16b.py --config.train.global_batch_size=32 \
-      [--config.data.seq_len=1024] [--config.model.remat=dots] [--steps=20] [--phase=rope]
+      [--config.data.seq_len=1024] [--config.model.remat=dots] [--steps=20] [--phase=rope] [--profile_dir=DIR]
 
 Prints tokens/s (total and per device), the median step time of the timed steps after
 warm-up, MFU (PaLM formula over the chip's bf16 peak) and peak device memory.
@@ -26,9 +26,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/0p5b_16b.py", "Run 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (at least 10).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation, autotuning).")
 _PHASE = flags.DEFINE_enum("phase", "rope", ["rope", "nope"], "Which phase's step to time.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "If set, trace 3 more steps there after timing "
+                                   "(summarize with bench/profile_summary.py).")
 
 
-def benchmark(config, steps: int, warmup: int, phase: str) -> dict:
+def benchmark(config, steps: int, warmup: int, phase: str, profile_dir: str = "") -> dict:
     setup = make_setup(config)
     plan, mesh = setup.plan, setup.mesh
     seq_len, batch = config.data.seq_len, config.train.global_batch_size
@@ -49,6 +51,11 @@ def benchmark(config, steps: int, warmup: int, phase: str) -> dict:
             state, m = step_fn(state, batches[i % 2])
             jax.block_until_ready(m)
             times.append(time.perf_counter() - start)
+        if profile_dir:
+            with jax.profiler.trace(profile_dir):
+                for i in range(3):
+                    state, m = step_fn(state, batches[i % 2])
+                jax.block_until_ready(m)
     step_time = statistics.median(times)
     tokens_per_sec = batch * seq_len / step_time
     mfu = metrics.mfu(tokens_per_sec, plan.model, seq_len, jax.device_count())
@@ -67,7 +74,7 @@ def main(argv):
     if _STEPS.value < 10:
         sys.exit("error: --steps must be at least 10 (the median needs them)")
     try:
-        r = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PHASE.value)
+        r = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _PHASE.value, _PROFILE_DIR.value)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     if jax.process_index() == 0:

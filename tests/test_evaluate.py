@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from drope_jax import eval_report, eval_suite, niah, sharding, state, train
+from drope_jax import eval_report, eval_suite, loss, niah, sharding, state, train
 from drope_jax.eval_methods import Run, parse_methods
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.positions import ROPE, PosEncoding
@@ -60,7 +60,7 @@ def test_retrieval_harness_says_yes_and_no():
     def step(params, opt_state, tokens_BT):
         def loss_fn(p):  # the loss of the two answer tokens (the value and its full stop)
             logits = state.apply(spec, p, tokens_BT[:, :-1], ROPE)
-            return jnp.mean(state.token_nll(logits[:, -2:], tokens_BT[:, -2:]))
+            return jnp.mean(loss.token_nll(logits[:, -2:], tokens_BT[:, -2:]))
 
         grads = jax.grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)

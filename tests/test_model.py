@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drope_jax import sharding, state
+from drope_jax import loss, sharding, state
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.positions import NOPE, ROPE, apply_rope, rope_inv_freq
 
@@ -274,10 +274,10 @@ def loss_and_grads(cfg: ModelConfig, pos):
     spec = spec_of(cfg)
     tokens = tokens_for(seed=5, t=T + 1)
 
-    def loss(p):
-        return jnp.mean(state.token_nll(state.apply(spec, p, tokens[:, :-1], pos), tokens[:, 1:]))
+    def mean_nll(p):
+        return jnp.mean(loss.token_nll(state.apply(spec, p, tokens[:, :-1], pos), tokens[:, 1:]))
 
-    value, grads = jax.jit(jax.value_and_grad(loss))(initial_params())
+    value, grads = jax.jit(jax.value_and_grad(mean_nll))(initial_params())
     return float(value), jax.tree.map(np.asarray, grads)
 
 

@@ -1,0 +1,78 @@
+"""Where the GPU time of a traced step goes, from a `jax.profiler.trace` directory.
+
+  python launch/benchmark.py --config=configs/0p5b_16b.py ... --profile_dir=/tmp/prof
+  python bench/profile_summary.py /tmp/prof [--steps=3] [--top=40]
+
+Reads the trace's XSpace with `jax.profiler.ProfileData` (no xprof/tensorboard needed), sums the
+kernel time on each GPU stream, and prints it per step by kind (matmul, attention, XLA fusion,
+copy, collective) and per kernel, the largest first.
+"""
+
+import argparse
+import collections
+import glob
+import os
+import re
+
+from jax.profiler import ProfileData
+
+KINDS = (  # the first substring found in a kernel's name decides its kind
+    ("attention", ("cudnn", "fmha", "flash", "sdpa")),
+    ("collective", ("nccl",)),
+    ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "sm90_", "triton_gemm")),
+    ("copy", ("memcpy", "memset", "copy")),
+)
+
+
+def kind_of(kernel: str) -> str:
+    name = kernel.lower()
+    return next((kind for kind, keys in KINDS if any(k in name for k in keys)), "XLA fusion / other")
+
+
+def summarize(trace_dir: str, steps: int, top: int) -> None:
+    paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
+    if not paths:
+        raise SystemExit(f"error: no *.xplane.pb under {trace_dir}: pass the --profile_dir of launch/benchmark.py")
+    data = ProfileData.from_file(paths[-1])
+    by_kind, by_op = collections.Counter(), collections.Counter()
+    launches, by_family = collections.Counter(), collections.Counter()
+    for plane in data.planes:
+        if not plane.name.startswith("/device:GPU:0"):
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("Stream"):
+                continue
+            for event in line.events:
+                ms = event.duration_ns / 1e6 / steps
+                op = event.name  # the kernel: an XLA fusion's kernel carries the fusion's name
+                by_kind[kind_of(event.name)] += ms
+                by_op[op] += ms
+                launches[op] += 1
+                by_family[re.sub(r"[._]\d+$", "", op)] += ms
+    total = sum(by_kind.values())
+    if not total:
+        raise SystemExit("error: no GPU stream events in the trace; planes and lines: " + "; ".join(
+            f"{p.name}: {[line.name for line in p.lines]}" for p in data.planes))
+    print(f"GPU kernel time per step: {total:.1f} ms (sum over streams, {steps} traced steps, {paths[-1]})")
+    for kind, ms in by_kind.most_common():
+        print(f"  {kind:20s} {ms:8.2f} ms  {ms / total:6.1%}")
+    print(f"\ntop {top} kernel families (numbered copies summed; ms per step):")
+    for family, ms in by_family.most_common(top):
+        print(f"  {ms:8.2f} ms  {family[:110]}")
+    print(f"\ntop {top} kernels (ms per step, launches per step; run with XLA_FLAGS=--xla_gpu_enable_command_buffer= "
+          "so that each fusion is its own kernel):")
+    for op, ms in by_op.most_common(top):
+        print(f"  {ms:8.2f} ms  x{launches[op] / steps:<5.0f} {op[:110]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trace_dir")
+    parser.add_argument("--steps", type=int, default=3, help="steps the trace holds (benchmark.py traces 3)")
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    summarize(args.trace_dir, args.steps, args.top)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Next-token cross-entropy with a hand-written gradient.
+
+The loss is memory-bound on a GPU, so its cost is the bytes it moves. Left to autodiff, XLA stores a
+float32 copy of the [B, T, V] logits for the backward pass (6.4 GB at 32 x 1024 tokens and a 49,152
+vocab) and makes three passes over it. Here the backward is one pass: it reads the logits in their
+own dtype and writes softmax - one_hot in that dtype (on an H100, the 0.5B step ran 2 ms faster
+in 3 GiB less; docs/performance.md). tests/test_loss.py checks value and gradient against autodiff.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _nll_and_lse(logits_BTV, targets_BT):
+    logits = logits_BTV.astype(jnp.float32)
+    lse_BT = jax.nn.logsumexp(logits, axis=-1)
+    target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+    return lse_BT - target_logit_BT, lse_BT
+
+
+@jax.custom_vjp
+def token_nll(logits_BTV, targets_BT):
+    """Per-token negative log-likelihood [B, T], computed in float32 from logits of any float dtype."""
+    return _nll_and_lse(logits_BTV, targets_BT)[0]
+
+
+def _token_nll_fwd(logits_BTV, targets_BT):
+    nll_BT, lse_BT = _nll_and_lse(logits_BTV, targets_BT)
+    return nll_BT, (logits_BTV, targets_BT, lse_BT)
+
+
+def _token_nll_bwd(residuals, d_nll_BT):
+    """d nll / d logits = softmax - one_hot(target), scaled by the incoming gradient."""
+    logits_BTV, targets_BT, lse_BT = residuals
+    probs_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - lse_BT[..., None])
+    is_target_BTV = targets_BT[..., None] == jnp.arange(logits_BTV.shape[-1], dtype=targets_BT.dtype)
+    d_logits_BTV = (probs_BTV - is_target_BTV) * d_nll_BT[..., None]
+    return d_logits_BTV.astype(logits_BTV.dtype), None
+
+
+token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
