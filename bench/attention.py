@@ -1,0 +1,62 @@
+"""Causal self-attention alone, XLA against the fused kernel, at the 0.5B model's head shape.
+
+  python bench/attention.py [--lengths=1024,8192] [--tokens=32768] [--backends=xla,cudnn]
+
+For each length T the batch is tokens / T sequences of 16 heads x 64 (bf16), so every length does
+the same number of query tokens. Times ``drope_jax.attention.causal_attention`` forward, and forward
+plus backward, each the median of 20 calls after 3 warm-up calls.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from drope_jax.attention import causal_attention
+
+
+def median_ms(fn, *args, calls: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--lengths", default="1024,8192")
+    p.add_argument("--tokens", type=int, default=32768, help="batch x length, the same at every length")
+    p.add_argument("--backends", default="xla,cudnn")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--head_dim", type=int, default=64)
+    args = p.parse_args()
+    for length in map(int, args.lengths.split(",")):
+        batch = max(1, args.tokens // length)
+        kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+        shape = (batch, length, args.heads, args.head_dim)
+        q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in (kq, kk, kv))
+        for backend in args.backends.split(","):
+            def forward(q, k, v, backend=backend):
+                return causal_attention(q, k, v, implementation=backend)
+
+            def forward_backward(q, k, v, forward=forward):
+                return jax.grad(lambda *qkv: jnp.sum(forward(*qkv).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+
+            timings = []
+            for fn in (forward, forward_backward):
+                try:
+                    timings.append(f"{median_ms(jax.jit(fn), q, k, v):8.2f} ms")
+                except jax.errors.JaxRuntimeError as e:  # XLA's T x T scores can exceed the device memory
+                    timings.append(f"failed ({str(e).splitlines()[0][:60]})")
+            print(f"{jax.devices()[0].device_kind} | T {length:,} x batch {batch} | {backend:5s} | "
+                  f"forward {timings[0]} | forward+backward {timings[1]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
