@@ -8,24 +8,12 @@ plus backward, each the median of 20 calls after 3 warm-up calls.
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
+from timing import median_ms
 
 from drope_jax.attention import causal_attention
-
-
-def median_ms(fn, *args, calls: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main():
@@ -51,7 +39,7 @@ def main():
             timings = []
             for fn in (forward, forward_backward):
                 try:
-                    timings.append(f"{median_ms(jax.jit(fn), q, k, v):8.2f} ms")
+                    timings.append(f"{median_ms(jax.jit(fn), q, k, v, calls=20):8.2f} ms")
                 except jax.errors.JaxRuntimeError as e:  # XLA's T x T scores can exceed the device memory
                     timings.append(f"failed ({str(e).splitlines()[0][:60]})")
             print(f"{jax.devices()[0].device_kind} | T {length:,} x batch {batch} | {backend:5s} | "

@@ -7,11 +7,11 @@ tokens with random weights; the median of 5 timed calls after a warm-up.
 """
 
 import argparse
-import statistics
-import time
+import functools
 
 import jax
 import numpy as np
+from timing import median_ms
 
 from drope_jax import evaluation
 from drope_jax.positions import NOPE, ROPE
@@ -32,15 +32,11 @@ def main():
         params = setup.fresh_state()["params"]
         for length in map(int, args.lengths.split(",")):
             tokens = rng.integers(0, setup.plan.model.vocab_size, (1, length + 1), dtype=np.int32)
-            evaluation.position_nll(setup.spec, params, tokens, pos, batch_size=1)  # compile + warm-up
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                evaluation.position_nll(setup.spec, params, tokens, pos, batch_size=1)
-                times.append(time.perf_counter() - t)
+            ms = median_ms(functools.partial(evaluation.position_nll, batch_size=1), setup.spec, params, tokens, pos,
+                           calls=5, warmup=1)
             peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
             print(f"{jax.devices()[0].device_kind} | {args.pos} forward at {length:,} tokens: "
-                  f"{statistics.median(times) * 1e3:.1f} ms, {length / statistics.median(times):,.0f} tokens/s, "
+                  f"{ms:.1f} ms, {length / ms * 1e3:,.0f} tokens/s, "
                   f"peak memory {peak / 2**30:.1f} GiB", flush=True)
 
 

@@ -34,8 +34,7 @@ def summarize(trace_dir: str, steps: int, top: int) -> None:
     if not paths:
         raise SystemExit(f"error: no *.xplane.pb under {trace_dir}: pass the --profile_dir of launch/benchmark.py")
     data = ProfileData.from_file(paths[-1])
-    by_kind, by_op = collections.Counter(), collections.Counter()
-    launches, by_family = collections.Counter(), collections.Counter()
+    by_kind, by_kernel, by_family, launches = (collections.Counter() for _ in range(4))
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU:0"):
             continue
@@ -43,12 +42,11 @@ def summarize(trace_dir: str, steps: int, top: int) -> None:
             if not line.name.startswith("Stream"):
                 continue
             for event in line.events:
-                ms = event.duration_ns / 1e6 / steps
-                op = event.name  # the kernel: an XLA fusion's kernel carries the fusion's name
-                by_kind[kind_of(event.name)] += ms
-                by_op[op] += ms
-                launches[op] += 1
-                by_family[re.sub(r"[._]\d+$", "", op)] += ms
+                kernel, ms = event.name, event.duration_ns / 1e6 / steps  # a fusion's kernel carries its name
+                by_kind[kind_of(kernel)] += ms
+                by_kernel[kernel] += ms
+                launches[kernel] += 1
+                by_family[re.sub(r"[._]\d+$", "", kernel)] += ms
     total = sum(by_kind.values())
     if not total:
         raise SystemExit("error: no GPU stream events in the trace; planes and lines: " + "; ".join(
@@ -61,8 +59,8 @@ def summarize(trace_dir: str, steps: int, top: int) -> None:
         print(f"  {ms:8.2f} ms  {family[:110]}")
     print(f"\ntop {top} kernels (ms per step, launches per step; run with XLA_FLAGS=--xla_gpu_enable_command_buffer= "
           "so that each fusion is its own kernel):")
-    for op, ms in by_op.most_common(top):
-        print(f"  {ms:8.2f} ms  x{launches[op] / steps:<5.0f} {op[:110]}")
+    for kernel, ms in by_kernel.most_common(top):
+        print(f"  {ms:8.2f} ms  x{launches[kernel] / steps:<5.0f} {kernel[:110]}")
 
 
 def main():

@@ -8,12 +8,11 @@ config. Used to decide what to optimise; the headline numbers come from launch/b
 
 import argparse
 import functools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_ms
 
 from drope_jax import sharding
 from drope_jax.loss import token_nll
@@ -21,19 +20,6 @@ from drope_jax.positions import ROPE
 from drope_jax.step import loss_fn
 from drope_jax.run_config import load_module
 from drope_jax.train import make_setup
-
-
-def timed(fn, *args, n=10):
-    out = fn(*args)
-    for _ in range(2):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def main():
@@ -68,25 +54,18 @@ def main():
         head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
         step = setup.phase_step("rope")
         rows = {
-            "forward (loss)": timed(fwd, params, batch),
-            "forward+backward": timed(fwd_bwd, params, batch),
-            "LM head + loss, fwd+bwd": timed(head, params["lm_head_DV"], x),
+            "forward (loss)": median_ms(fwd, params, batch),
+            "forward+backward": median_ms(fwd_bwd, params, batch),
+            "LM head + loss, fwd+bwd": median_ms(head, params["lm_head_DV"], x),
         }
 
-        def run_step(s):
-            return step(s, batch)
+        step_state = [state]
 
-        t_state = state
-        for _ in range(3):
-            t_state, m = run_step(t_state)
-        jax.block_until_ready(m)
-        times = []
-        for _ in range(10):
-            t = time.perf_counter()
-            t_state, m = run_step(t_state)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t)
-        rows["whole train step"] = statistics.median(times) * 1e3
+        def run_step():  # each step continues from the last one's (donated) state
+            step_state[0], m = step(step_state[0], batch)
+            return m
+
+        rows["whole train step"] = median_ms(run_step)
         cost = step.lower(state, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         print(f"compiled step: {cost.get('flops', 0) / 1e12:.1f} TFLOP, "

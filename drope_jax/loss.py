@@ -4,7 +4,8 @@ The loss is memory-bound on a GPU, so its cost is the bytes it moves. Left to au
 float32 copy of the [B, T, V] logits for the backward pass (6.4 GB at 32 x 1024 tokens and a 49,152
 vocab) and makes three passes over it. Here the backward is one pass: it reads the logits in their
 own dtype and writes softmax - one_hot in that dtype (on an H100 the 0.5B step went from 205.8 to
-201.9 ms and from 45.9 to 42.9 GiB; docs/performance.md). tests/test_loss.py checks value and gradient against autodiff.
+201.9 ms and from 45.9 to 42.9 GiB; docs/performance.md). tests/test_loss.py checks value and
+gradient against autodiff.
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/0p5b_16b.py", "Run 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (at least 10).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation, autotuning).")
 _PHASE = flags.DEFINE_enum("phase", "rope", ["rope", "nope"], "Which phase's step to time.")
-_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "If set, trace 3 more steps there after timing "
-                                   "(summarize with bench/profile_summary.py).")
+PROFILED_STEPS = 3  # bench/profile_summary.py's default --steps
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", f"If set, trace {PROFILED_STEPS} more steps there after "
+                                   "timing (summarize with bench/profile_summary.py).")
 
 
 def benchmark(config, steps: int, warmup: int, phase: str, profile_dir: str = "") -> dict:
@@ -53,7 +54,7 @@ def benchmark(config, steps: int, warmup: int, phase: str, profile_dir: str = ""
             times.append(time.perf_counter() - start)
         if profile_dir:
             with jax.profiler.trace(profile_dir):
-                for i in range(3):
+                for i in range(PROFILED_STEPS):
                     state, m = step_fn(state, batches[i % 2])
                 jax.block_until_ready(m)
     step_time = statistics.median(times)
