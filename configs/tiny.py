@@ -15,7 +15,7 @@ def get_config():
     c.data.update(source="python_stdlib", seq_len=128)
     c.train.update(global_batch_size=32, total_steps=350)
     c.optim.update(lr=1e-3, schedule="wsd", warmup_steps=30, decay_fraction=0.15, min_lr_ratio=0.0)
-    c.drope.update(flip_step=270, rewarm_steps=10)
+    c.drope.update(flip_step=270, recal_warmup_steps=10)
     c.checkpoint.update(every_steps=100, keep=2)
     c.log.every_steps = 20
     c.eval.update(lengths=(1, 2, 4), num_sequences=16, every_steps=70)  # held-out ppl on the curve: the flip shows

@@ -111,6 +111,10 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
+    def restore_data(self, step: int, data_iterator) -> None:
+        """Moves ``data_iterator`` to where it was at checkpoint ``step``."""
+        self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+
     def restore_params(self, step: int, abstract_params):
         """Parameters only, from a checkpoint whose optimizer state may have another structure."""
         args = _restore_args({"params": abstract_params}, partial=True)
@@ -181,8 +185,8 @@ def check_same_model(meta: dict, cfg: ModelConfig, where) -> None:
                           "use a new --workdir, or match config.model to it. Nothing was overwritten.")
 
 
-def load_params_from(path, fresh_params: dict, log=print) -> dict:
-    """Parameters from the newest checkpoint under ``path`` (a workdir or its checkpoints/ folder).
+def load_params_from(path, fresh_params: dict, log=print, step: int | None = None) -> dict:
+    """Parameters from checkpoint ``step`` (default: the newest) under ``path`` (a workdir or its checkpoints/).
 
     A parameter the checkpoint lacks keeps its fresh initialization and is named; a parameter the
     model lacks, or one of another shape, is refused by name.
@@ -191,7 +195,7 @@ def load_params_from(path, fresh_params: dict, log=print) -> dict:
     if (root / "checkpoints").is_dir():
         root = root / "checkpoints"
     source = Checkpointer(root, async_save=False)
-    step = source.latest_step()
+    step = source.latest_step() if step is None else step
     if step is None:
         raise ConfigError(f"config.init_from={str(path)!r} holds no complete checkpoint")
     stored = traverse_util.flatten_dict(dict(source.manager.item_metadata(step)["state"]["params"]), sep="/")

@@ -70,9 +70,9 @@ class InTrainingEval:
         return self.every > 0 and step % self.every == 0
 
     def __call__(self, params, step: int, phase: str) -> dict:
-        use_qk_norm = phase == "nope" or not self.config.drope.qk_norm_at_flip
         record = {"step": step, "phase": phase}
         for m, seqs in self.sequences.items():
             record[f"eval/ppl_{m}x"] = perplexity(self.spec, params, seqs, self.plan.phase_pos(phase),
-                                                  use_qk_norm=use_qk_norm, batch_size=self.config.eval.batch_size)
+                                                  use_qk_norm=self.plan.uses_qk_norm(phase),
+                                                  batch_size=self.config.eval.batch_size)
         return record

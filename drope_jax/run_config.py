@@ -16,7 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from drope_jax.model_config import ConfigError, ModelConfig
-from drope_jax.optim import SCHEDULES
+from drope_jax.optim import SCHEDULES, Recal, decay_start, recal_schedule
 from drope_jax.positions import NOPE, ROPE, PosEncoding
 
 
@@ -60,15 +60,23 @@ def default_config() -> ml_collections.ConfigDict:
         max_consecutive_nonfinite=5,
     ))
     c.optim = ml_collections.ConfigDict(dict(
-        lr=3e-4, schedule="cosine", warmup_steps=100, min_lr_ratio=0.1, decay_fraction=0.2,
+        lr=3e-4, schedule="wsd", warmup_steps=100, min_lr_ratio=0.1, decay_fraction=0.2,
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
     c.drope = ml_collections.ConfigDict(dict(
-        flip_step=config_dict.placeholder(int),  # None: RoPE throughout; 0: NoPE from scratch
+        flip_step=config_dict.placeholder(int),  # None: RoPE throughout; 0: NoPE from the first step
         flip_tokens=config_dict.placeholder(int),
-        reset_opt_state=False,
-        rewarm_steps=0,
+        reset_opt_state=True,  # fresh AdamW moments at the flip, as the official recalibration; False carries them
         qk_norm_at_flip=False,  # QK-norm weights exist from the start but apply only after the flip
+        flip_in_decay=False,  # True: accept a flip after the pretraining LR has begun to decay
+        # The recalibration's own LR schedule, from the flip to the end: warm-up, constant, linear decay.
+        recal_lr=config_dict.placeholder(float),  # None: config.optim.lr
+        recal_warmup_steps=100,
+        recal_decay_fraction=0.2,  # the share of the recalibration's steps spent decaying
+        recal_min_lr_ratio=config_dict.placeholder(float),  # the decay's end over recal_lr; None: config.optim's
+        rope_control=False,  # also train the RoPE control (this config without the flip) in WORKDIR/rope_control
+        # and branch this run from its checkpoint at the flip: the final table compares them at equal budget
     ))
+    c.branch_from = ""  # a RoPE run's workdir: start at its checkpoint at the flip (weights, step, data position)
     c.positions = ml_collections.ConfigDict(dict(
         kind="rope",  # the encoding before the flip (or throughout, without one): "rope", "alibi" or "nope"
         nope_every=0,  # >0: every nope_every-th layer has no position encoding and full attention
@@ -78,6 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
                                             num_devices=-1))  # >0: only the first N devices (one process)
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=100, keep=3, async_save=True,
+        keep_steps=(),  # steps always saved and never deleted, e.g. where DroPE runs will branch (config.branch_from)
         fallback_on_corrupt=False,  # True: set an unreadable newest checkpoint aside and resume from an older one
     ))
     c.faults = ml_collections.ConfigDict(dict(  # injected faults, for reliability tests and drills only
@@ -104,6 +113,8 @@ class Plan:
     total_steps: int
     flip_step: int | None
     pos: PosEncoding = ROPE  # config.positions: the encoding before the flip
+    qk_norm_at_flip: bool = False
+    recal: Recal | None = None  # the recalibration schedule of a flip after step 0
 
     @property
     def total_tokens(self) -> int:
@@ -116,11 +127,32 @@ class Plan:
         """The encoding of a phase: config.positions before the flip ("rope" phase), NoPE in every layer after."""
         return NOPE if phase == "nope" else self.pos
 
+    def uses_qk_norm(self, phase: str) -> bool:
+        """Whether the QK-norm weights (if the model has them) apply in ``phase``."""
+        return phase == "nope" or not self.qk_norm_at_flip
+
+    def summary(self, config, branched_from=None) -> dict:
+        """The steps and the flip's choices as the run applies them (config.json's "plan")."""
+        flip = None if self.flip_step is None else {
+            "step": self.flip_step, "tokens": self.flip_step * self.tokens_per_step,
+            "adam_moments": "fresh" if config.drope.reset_opt_state else "carried",
+            "qk_norm_switched_on": self.qk_norm_at_flip,
+            "recalibration": self.recal._asdict() if self.recal else None,
+            "branched_from": None if branched_from is None else str(branched_from)}
+        return {"total_steps": self.total_steps, "tokens_per_step": self.tokens_per_step,
+                "total_tokens": self.total_tokens, "flip": flip}
+
+    def describe_recal(self) -> str:
+        r, span = self.recal, self.total_steps - self.flip_step
+        return (f"recalibration over {span:,} steps: LR {r.peak:.2e}, {r.warmup} warm-up steps, then constant, "
+                f"then {int(span * r.decay_fraction):,} steps of linear decay to {r.floor:.2e}")
+
     def describe(self) -> str:
         flip = "none" if self.flip_step is None else (
             f"step {self.flip_step:,} ({self.flip_step * self.tokens_per_step:,} tokens)")
+        recal = f"; {self.describe_recal()}" if self.recal else ""
         return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = {self.total_tokens:,} tokens; "
-                f"positions: {self.pos.describe()}; flip to NoPE at {flip}")
+                f"positions: {self.pos.describe()}; flip to NoPE at {flip}{recal}")
 
 
 def _steps(c, tokens_key: str, steps_key: str, tokens_per_step: int, what: str) -> int | None:
@@ -160,7 +192,39 @@ def make_plan(c: ml_collections.ConfigDict, num_data_devices: int | None = None)
                           f"of {total} steps (config.train.total_tokens/total_steps)")
     if c.drope.qk_norm_at_flip and (model.qk_norm == "none" or flip is None):
         raise ConfigError("config.drope.qk_norm_at_flip needs config.model.qk_norm ('proj' or 'head') and a flip")
-    return Plan(model=model, tokens_per_step=tokens_per_step, total_steps=total, flip_step=flip, pos=positions_of(c))
+    recal = _check_recalibration(c, flip, total)
+    if (c.branch_from or c.drope.rope_control) and not recal:
+        raise ConfigError("config.branch_from and config.drope.rope_control need a flip after step 0 and before "
+                          "the end (config.drope.flip_step)")
+    if c.branch_from and c.drope.rope_control:
+        raise ConfigError("set only one of config.branch_from and config.drope.rope_control (which sets the former)")
+    if c.branch_from and not c.drope.reset_opt_state:
+        raise ConfigError("config.branch_from starts from another run's weights with fresh optimizer moments; "
+                          "set config.drope.reset_opt_state=True")
+    return Plan(model=model, tokens_per_step=tokens_per_step, total_steps=total, flip_step=flip, pos=positions_of(c),
+                qk_norm_at_flip=bool(c.drope.qk_norm_at_flip), recal=recal)
+
+
+def _check_recalibration(c: ml_collections.ConfigDict, flip: int | None, total: int) -> dict | None:
+    """The recalibration schedule of a flip after step 0 (None without one); refuses a flip inside the
+    pretraining decay, unless config.drope.flip_in_decay says so, and a warm-up longer than the recalibration."""
+    if not flip or flip >= total:
+        return None
+    d = c.drope
+    decay_from = decay_start(c.optim, total)
+    if decay_from is not None and flip > decay_from and not d.flip_in_decay:
+        raise ConfigError(
+            f"the flip at step {flip} comes after the pretraining LR (config.optim.schedule={c.optim.schedule!r}) "
+            f"began to decay at step {decay_from}: the RoPE model at the flip is neither at its peak LR nor "
+            f"annealed, and RoPE runs of the same budget decay over their last steps instead. Use "
+            f"schedule='wsd' with decay_fraction <= {(total - flip) / total:.3f}, or recalibrate an annealed RoPE "
+            "model in a run of its own (flip_step=0, config.init_from), or set config.drope.flip_in_decay=True")
+    if not 0 <= d.recal_decay_fraction <= 1:
+        raise ConfigError(f"config.drope.recal_decay_fraction={d.recal_decay_fraction} must be in [0, 1]")
+    if not 0 <= d.recal_warmup_steps < total - flip:
+        raise ConfigError(f"config.drope.recal_warmup_steps={d.recal_warmup_steps} must be shorter than the "
+                          f"recalibration ({total - flip} steps from the flip at {flip} to the end)")
+    return recal_schedule(c.optim, d)
 
 
 def positions_of(c: ml_collections.ConfigDict) -> PosEncoding:

@@ -27,8 +27,16 @@ def state_shardings(spec: ModelSpec, tx, mesh):
     param_sh = spec.shardings(mesh)
     abstract = jax.eval_shape(lambda p: init_state(p, tx), spec.abstract_params)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
-                                   transform_non_params=lambda _: replicated)
+    # A moment's path ends with its parameter's (…mu['blocks']['attn']['q_DNH']), also inside optimizer groups.
+    params = {jax.tree_util.keystr(path): (p.shape, sh) for (path, p), sh in
+              zip(jax.tree_util.tree_flatten_with_path(spec.abstract_params)[0], jax.tree.leaves(param_sh))}
+
+    def follow(path, leaf):
+        key = jax.tree_util.keystr(path)
+        return next((sh for name, (shape, sh) in params.items() if key.endswith(name) and shape == leaf.shape),
+                    replicated)
+
+    opt_sh = jax.tree_util.tree_map_with_path(follow, abstract["opt_state"])
     return {"params": param_sh, "opt_state": opt_sh, "step": replicated}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from drope_jax import checkpoint, data, evaluation, metrics, optim, preemption, resume, sharding
+from drope_jax import branch, checkpoint, data, evaluation, metrics, optim, preemption, resume, sharding
 from drope_jax.faults import Faults
 from drope_jax.model_config import ConfigError
 from drope_jax.positions import NOPE
@@ -46,7 +46,7 @@ class Setup:
 
     def lr_fn(self, step):
         return optim.lr_at(step, optim_cfg=self.config.optim, total_steps=self.plan.total_steps,
-                           flip_step=self.plan.flip_step, rewarm_steps=self.config.drope.rewarm_steps)
+                           flip_step=self.plan.flip_step, drope_cfg=self.config.drope)
 
     def abstract_state(self):
         """ShapeDtypeStructs of the train state, placed on the mesh."""
@@ -55,9 +55,8 @@ class Setup:
 
     def phase_step(self, phase: str):
         """The jitted train step of one phase: RoPE before the flip, NoPE after it."""
-        use_qk_norm = phase == "nope" or not self.config.drope.qk_norm_at_flip
         fn = make_train_step(self.spec, self.tx, self.lr_fn, pos=self.plan.phase_pos(phase),
-                             use_qk_norm=use_qk_norm, grad_accum=self.config.train.grad_accum,
+                             use_qk_norm=self.plan.uses_qk_norm(phase), grad_accum=self.config.train.grad_accum,
                              faults=Faults.from_config(self.config.faults))
         return jit_train_step(fn, self.state_sh, self.mesh)
 
@@ -71,8 +70,12 @@ def make_setup(config, mesh=None) -> Setup:
     mesh = sharding.make_mesh(**config.mesh) if mesh is None else mesh
     plan = make_plan(config, num_data_devices=mesh.shape["data"] * mesh.shape["fsdp"])
     spec = model_spec(plan.model)
-    tx = optim.make_optimizer(config.optim)
+    tx = optim.make_optimizer(config.optim, starts_at_flip=_is_qk_norm if plan.qk_norm_at_flip else None)
     return Setup(config, plan, mesh, spec, tx, state_shardings(spec, tx, mesh))
+
+
+def _is_qk_norm(path: str) -> bool:
+    return "q_norm" in path or "k_norm" in path
 
 
 def run(config, workdir) -> dict:
@@ -87,15 +90,23 @@ def run(config, workdir) -> dict:
     if corpus.vocab_size > plan.model.vocab_size:
         raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
                           f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
+    source = branch.source_dir(config, workdir)
+    if config.drope.rope_control and not (source / "eval.json").is_file():
+        log(f"=== the RoPE control: this config without the flip, in {source} ===")
+        run(branch.control_config(config, plan), source)
+        log(f"=== the DroPE run, branched from the RoPE control at step {plan.flip_step}, in {workdir} ===")
     checkpoint.ensure_writable(workdir / "checkpoints")
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
-                                   preserve_steps=[] if plan.flip_step is None else [plan.flip_step],
+                                   preserve_steps=[s for s in (plan.flip_step, *config.checkpoint.keep_steps)
+                                                   if s is not None],
                                    async_save=config.checkpoint.async_save)
     fallback = config.checkpoint.fallback_on_corrupt
     start_step = resume.resume_step(ckpt, plan, workdir, fallback=fallback, log=log)
     if jax.process_index() == 0:  # launch/evaluate.py reads the run's data, context and positions from it
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+        resolved = {"plan": plan.summary(config, source)}  # what the config implies, beside what it says
+        (workdir / "config.json").write_text(json.dumps({**json.loads(config.to_json_best_effort()), **resolved},
+                                                        indent=1))
 
     data_iter = iter(data.train_dataset(
         corpus.documents("train"), seq_len=config.data.seq_len, global_batch_size=config.train.global_batch_size,
@@ -106,7 +117,11 @@ def run(config, workdir) -> dict:
         f"{plan.describe()}")
 
     with jax.set_mesh(mesh):
-        if start_step is None:
+        if start_step is None and source is not None:
+            state = branch.start_state(config, plan, source, setup.fresh_state,
+                                       lambda: init_params(setup.spec, config.train.seed, mesh), data_iter, log)
+            start_step = plan.flip_step
+        elif start_step is None:
             params = init_params(setup.spec, config.train.seed, mesh)
             if config.init_from.startswith("hf:"):
                 from drope_jax.hf import load_params  # lazily: the bridge needs safetensors
@@ -130,7 +145,7 @@ def run(config, workdir) -> dict:
                 f"command to resume from step {end_step}")
             ckpt.close()
             return {}
-        result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh)
+        result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh, source)
     ckpt.close()
     if jax.process_index() == 0:
         (workdir / "eval.json").write_text(json.dumps(result, indent=1))
@@ -197,8 +212,9 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
             if step == plan.flip_step:
                 if step != start_step:
                     save(step)  # the last RoPE-phase state: kept whatever the keep-N policy says
-                state = apply_flip(config, state, setup.tx, setup.state_sh, step)
-            elif step % config.checkpoint.every_steps == 0 and step != start_step:
+                state = apply_flip(setup, state, step)
+            elif (step % config.checkpoint.every_steps == 0 or step in config.checkpoint.keep_steps) and \
+                    step != start_step:
                 save(step)
             batch = jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), next(data_iter))
             phase = plan.phase(step)
@@ -225,37 +241,46 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
     return end_step
 
 
-def apply_flip(config, state, tx, state_sh, step: int):
+def apply_flip(setup: Setup, state, step: int):
     """Entering the first NoPE step. Applied again on a resume from the flip checkpoint, with the same result."""
-    d = config.drope
-    options = [f"reset optimizer moments: {d.reset_opt_state}", f"LR re-warm: {d.rewarm_steps} steps",
-               f"QK-norm switched on: {d.qk_norm_at_flip}"]
-    log(f"=== flip at step {step}: RoPE -> NoPE in every layer ({'; '.join(options)}) ===")
+    d, plan = setup.config.drope, setup.plan
     if d.reset_opt_state:
-        state = dict(state, opt_state=jax.jit(tx.init, out_shardings=state_sh["opt_state"])(state["params"]))
+        moments = "fresh AdamW moments for every parameter"
+    else:
+        moments = "AdamW moments carried over" + (" (fresh for the QK-norm gains, which start training now)"
+                                                   if plan.qk_norm_at_flip else "")
+    log(f"=== flip at step {step}: RoPE -> NoPE in every layer; {moments}; QK-norm switched on: "
+        f"{plan.qk_norm_at_flip}; {plan.describe_recal() if plan.recal else 'LR: config.optim throughout'} ===")
+    if d.reset_opt_state or plan.qk_norm_at_flip:
+        opt_state = jax.jit(functools.partial(optim.restart_moments, setup.tx, everything=d.reset_opt_state),
+                            out_shardings=setup.state_sh["opt_state"], donate_argnums=(0,))(
+            state["opt_state"], state["params"])
+        state = dict(state, opt_state=opt_state)
     return state
 
 
-def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh) -> dict:
-    """Held-out perplexity at each context multiple, for the last RoPE-phase model and the final one, on the
-    same text at every length."""
-    seq_len = config.data.seq_len
-    models = []
+def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source=None) -> dict:
+    """Held-out perplexity at each context multiple, on the same text at every length, for the last
+    RoPE-phase model, the RoPE control (when branched from one that ran to the same budget) and the final one."""
+    models = []  # (name, checkpoints folder, step, position encoding, QK-norm on)
     if plan.flip_step:
-        params = ckpt.restore_params(plan.flip_step, _with_shardings(spec.abstract_params, spec.shardings(mesh)))
-        models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", params, plan.pos,
-                       not config.drope.qk_norm_at_flip))
-    final = ckpt.restore_params(plan.total_steps, _with_shardings(spec.abstract_params, spec.shardings(mesh)))
-    final_pos = NOPE if plan.flip_step is not None else plan.pos
+        models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", source or ckpt.directory,
+                       plan.flip_step, plan.pos, plan.uses_qk_norm("rope")))
+    if source is not None and plan.total_steps in checkpoint.Checkpointer(source / "checkpoints").all_steps():
+        models.append((f"{plan.pos.kind} control (step {plan.total_steps}, final)", source, plan.total_steps,
+                       plan.pos, plan.uses_qk_norm("rope")))
     label = {None: plan.pos.kind, 0: "nope"}.get(plan.flip_step, "drope")
-    models.append((f"{label} (step {plan.total_steps}, final)", final, final_pos, True))
+    models.append((f"{label} (step {plan.total_steps}, final)", ckpt.directory, plan.total_steps,
+                   NOPE if plan.flip_step is not None else plan.pos, True))
 
-    lengths = [m * seq_len for m in config.eval.lengths]
-    results = {"train_context": seq_len, "lengths": lengths, "perplexity": {}}
+    lengths = [m * config.data.seq_len for m in config.eval.lengths]
+    results = {"train_context": config.data.seq_len, "lengths": lengths, "perplexity": {}}
     header = f"{'held-out perplexity':<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))
     rows = [header]
     sequences = evaluation.same_text_sequences(corpus, config)
-    for name, params, pos, use_qk in models:
+    fresh = init_params(spec, config.train.seed, mesh)  # fills what a checkpoint lacks (a control's QK-norm gains)
+    for name, where, step, pos, use_qk in models:
+        params = checkpoint.load_params_from(where, fresh, step=step, log=lambda _: None)
         ppl = [evaluation.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
                                      batch_size=config.eval.batch_size) for m in config.eval.lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))

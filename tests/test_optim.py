@@ -20,9 +20,15 @@ def optim_cfg(**kw):
     return c
 
 
-def lr(step, schedule, total=110, flip=None, rewarm=0, **kw):
+def drope_cfg(**kw):
+    c = default_config().drope
+    c.update(kw)
+    return c
+
+
+def lr(step, schedule, total=110, flip=None, recal=None, **kw):
     return float(optim.lr_at(step, optim_cfg=optim_cfg(schedule=schedule, **kw), total_steps=total,
-                             flip_step=flip, rewarm_steps=rewarm))
+                             flip_step=flip, drope_cfg=recal))
 
 
 def close(a, b):
@@ -74,26 +80,39 @@ def test_constant_ignores_the_floor():
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
-def test_rewarm_after_the_flip_scales_the_schedule(schedule):
-    flip, rewarm = 50, 10
-    base = {s: lr(s, schedule) for s in range(40, 80)}
-    after = {s: lr(s, schedule, flip=flip, rewarm=rewarm) for s in range(40, 80)}
-    for s in range(40, flip):
-        assert close(after[s], base[s])  # untouched before the flip
-    assert close(after[50], base[50] * 1 / 10)  # the flip step itself is the first of the re-warmup
-    assert close(after[54], base[54] * 5 / 10)
-    assert close(after[59], base[59])  # full schedule again on the re-warmup's last step
-    for s in range(60, 80):
-        assert close(after[s], base[s])
-    # with rewarm_steps=0 the flip changes nothing
-    assert all(close(lr(s, schedule, flip=flip, rewarm=0), base[s]) for s in (49, 50, 51))
+def test_the_recalibration_has_a_schedule_of_its_own(schedule):
+    # flip at 50 of 110: 60 recalibration steps at 2e-3, 10 warm-up, decay over the last 15 (25%) to 0.2 x 2e-3
+    recal = drope_cfg(recal_lr=2e-3, recal_warmup_steps=10, recal_decay_fraction=0.25, recal_min_lr_ratio=0.2)
+    for s in range(0, 50):  # untouched before the flip
+        assert close(lr(s, schedule, flip=50, recal=recal), lr(s, schedule))
+    assert close(lr(50, schedule, flip=50, recal=recal), 2e-3 / 10)  # the flip step is the first warm-up step
+    assert close(lr(54, schedule, flip=50, recal=recal), 2e-3 * 5 / 10)
+    for s in (59, 60, 80, 95):  # constant from the end of the warm-up to the decay
+        assert close(lr(s, schedule, flip=50, recal=recal), 2e-3)
+    floor = 0.2 * 2e-3
+    assert close(lr(100, schedule, flip=50, recal=recal), 2e-3 - (2e-3 - floor) * 5 / 15)
+    assert close(lr(109, schedule, flip=50, recal=recal), 2e-3 - (2e-3 - floor) * 14 / 15)
+    assert close(lr(110, schedule, flip=50, recal=recal), floor)
+
+
+def test_unset_recalibration_values_come_from_the_pretraining_optimizer():
+    recal = drope_cfg(recal_warmup_steps=0, recal_decay_fraction=0.0)  # lr and floor: config.optim's
+    assert all(close(lr(s, "wsd", flip=50, recal=recal), PEAK) for s in (50, 80, 109))
+    recal = drope_cfg(recal_warmup_steps=0, recal_decay_fraction=1.0)
+    assert close(lr(80, "wsd", flip=50, recal=recal), PEAK - 0.9 * PEAK * 30 / 60)  # min_lr_ratio 0.1
+
+
+def test_flip_at_step_zero_keeps_the_pretraining_schedule():
+    # NoPE from the first step (a from-scratch NoPE run, or a recalibration seeded by init_from)
+    recal = drope_cfg(recal_lr=5.0)
+    assert all(close(lr(s, "cosine", flip=0, recal=recal), lr(s, "cosine")) for s in (0, 9, 60, 110))
 
 
 def test_lr_at_traces_under_jit():
-    cfg = optim_cfg(schedule="cosine")
-    fn = jax.jit(lambda s: optim.lr_at(s, optim_cfg=cfg, total_steps=110, flip_step=50, rewarm_steps=10))
+    cfg, recal = optim_cfg(schedule="cosine"), drope_cfg(recal_warmup_steps=10)
+    fn = jax.jit(lambda s: optim.lr_at(s, optim_cfg=cfg, total_steps=110, flip_step=50, drope_cfg=recal))
     for s in (0, 9, 50, 54, 60, 110):
-        assert close(float(fn(jnp.int32(s))), lr(s, "cosine", flip=50, rewarm=10))
+        assert close(float(fn(jnp.int32(s))), lr(s, "cosine", flip=50, recal=recal))
 
 
 def test_unknown_schedule_raises():
@@ -131,3 +150,35 @@ def test_weight_decay_skips_norm_weights_and_biases():
     assert "['embed_VD']" in decayed and "['blocks']['mlp']['down_FD']" in decayed
     assert len(biases) == 3
     assert len(decayed) == len(jax.tree.leaves(params)) - len(norms) - len(biases)
+
+
+@pytest.mark.parametrize("own_group", [True, False])
+def test_qk_norm_gains_switched_on_at_the_flip_take_a_first_step_of_the_lr(own_group):
+    """Gains that got no gradient for 2,800 RoPE-phase steps: with moments and a bias-correction count of
+    their own, their first Adam update is 1 (x LR); sharing the global count it would be ~3.1."""
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, mlp_dim=32,
+                      qk_norm="proj")
+    params = jax.tree.map(lambda x: jnp.ones(x.shape, x.dtype), state.model_spec(cfg).abstract_params)
+    is_gain = lambda path: "q_norm" in path or "k_norm" in path  # noqa: E731
+    tx = optim.make_optimizer(optim_cfg(grad_clip=0.0), starts_at_flip=is_gain if own_group else None)
+
+    def grads(seed, gains_on):
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        keys = jax.random.split(jax.random.key(seed), len(leaves))
+        g = [jax.random.normal(k, p.shape) * (gains_on or not is_gain(jax.tree_util.keystr(path)))
+             for (path, p), k in zip(leaves, keys)]
+        return jax.tree.unflatten(jax.tree.structure(params), g)
+
+    @jax.jit
+    def rope_phase(opt_state):
+        return jax.lax.fori_loop(0, 2800, lambda i, s: tx.update(grads(i, False), s, params)[1], opt_state)
+
+    opt_state = optim.restart_moments(tx, rope_phase(tx.init(params)), params, everything=False)  # carried
+    updates, _ = tx.update(grads(10**6, True), opt_state, params)
+    gain_steps = np.concatenate([np.abs(np.asarray(u)).ravel() for path, u in
+                                 jax.tree_util.tree_flatten_with_path(updates)[0] if is_gain(jax.tree_util.keystr(path))])
+    if own_group:
+        np.testing.assert_allclose(gain_steps, 1.0, rtol=1e-3)
+    else:  # (1 - 0.9) / sqrt((1 - 0.999) / (1 - 0.999**2801)): the oversized step the group prevents
+        np.testing.assert_allclose(gain_steps, 0.1 / math.sqrt(0.001 / (1 - 0.999 ** 2801)), rtol=1e-3)
+        assert gain_steps.min() > 3.0

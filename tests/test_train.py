@@ -19,12 +19,15 @@ def tiny_config(**sections):
     c.data.update(seq_len=32)
     c.train.update(global_batch_size=8, total_steps=12)
     c.optim.update(lr=3e-3, warmup_steps=2)
-    c.drope.update(flip_step=8)
+    c.drope.update(flip_step=8, recal_warmup_steps=2)
     c.checkpoint.update(every_steps=4, keep=1)
     c.log.every_steps = 1
     c.eval.update(lengths=(1, 2), num_sequences=2, batch_size=2)
     for name, values in sections.items():
-        c[name].update(values)
+        if isinstance(values, dict):
+            c[name].update(values)
+        else:
+            c[name] = values
     return c
 
 
@@ -53,7 +56,7 @@ def test_flip_happens_at_the_configured_step_and_loss_falls(tmp_path):
 
 @pytest.mark.parametrize("stops", [(5, 10), (8,)], ids=["before-and-across-flip", "at-flip"])
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stops):
-    sections = dict(drope=dict(flip_step=8, reset_opt_state=True, rewarm_steps=2))
+    sections = dict(drope=dict(flip_step=8))
     train.run(tiny_config(**sections), tmp_path / "straight")
     for stop in stops:
         assert train.run(tiny_config(train=dict(stop_at_step=stop), **sections), tmp_path / "resumed") == {}
@@ -89,22 +92,30 @@ def test_bad_config_is_refused_before_anything_runs(tmp_path, sections, message)
 
 
 def test_budgets_in_tokens_become_steps():
-    c = tiny_config(train=dict(total_steps=None, total_tokens=8 * 32 * 100 + 5), drope=dict(flip_step=None,
-                                                                                            flip_tokens=8 * 32 * 88))
+    c = tiny_config(train=dict(total_steps=None, total_tokens=8 * 32 * 100 + 5), optim=dict(decay_fraction=0.1),
+                    drope=dict(flip_step=None, flip_tokens=8 * 32 * 88))
     plan = make_plan(c)
     assert (plan.total_steps, plan.flip_step, plan.tokens_per_step) == (100, 88, 256)
     assert [plan.phase(s) for s in (87, 88)] == ["rope", "nope"]
 
 
-def test_qk_norm_switched_on_at_the_flip_starts_at_one(tmp_path):
-    c = tiny_config(model=dict(qk_norm="proj"), drope=dict(qk_norm_at_flip=True), train=dict(total_steps=10))
+@pytest.mark.parametrize("reset", [True, False], ids=["fresh-moments", "carried-moments"])
+def test_qk_norm_switched_on_at_the_flip_starts_at_one(tmp_path, reset):
+    c = tiny_config(model=dict(qk_norm="proj"), drope=dict(qk_norm_at_flip=True, reset_opt_state=reset))
     train.run(c, tmp_path)
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
     spec_params = _abstract_params(c)
     at_flip = ckpt.restore_params(8, spec_params)["blocks"]["attn"]["q_norm"]["weight"]
-    final = ckpt.restore_params(10, spec_params)["blocks"]["attn"]["q_norm"]["weight"]
+    final = ckpt.restore_params(12, spec_params)["blocks"]["attn"]["q_norm"]["weight"]
     np.testing.assert_array_equal(np.asarray(at_flip), 1.0)  # inert, untouched during the RoPE phase
     assert not np.allclose(np.asarray(final), 1.0)  # trained after the flip
+    # Adam's first step is +-1 x LR per gain (their own moments and count): 4 NoPE steps move each by at most
+    # the sum of those LRs, where a shared count after 8 RoPE steps would make them smaller, and after 2,800 ~3x
+    lrs = [read_metrics(tmp_path)[s]["lr"] for s in range(9, 13)]
+    assert np.abs(np.asarray(final) - 1.0).max() <= sum(lrs) * 1.0001
+    config_json = json.loads((tmp_path / "config.json").read_text())
+    assert config_json["plan"]["flip"]["adam_moments"] == ("fresh" if reset else "carried")
+    assert config_json["plan"]["flip"]["qk_norm_switched_on"] is True
 
 
 def test_init_from_names_missing_parameters_and_refuses_mismatches(tmp_path, capsys):

@@ -35,7 +35,7 @@ def get_config(arm: str = "drope"):
     if arm == "nope":
         c.drope.flip_step = 0
     elif arm.startswith("drope"):
-        c.drope.update(flip_step=FLIP_STEP, rewarm_steps=80)
+        c.drope.update(flip_step=FLIP_STEP, recal_warmup_steps=80, flip_in_decay=True)  # rounds 1-2 as run
     if arm == "drope_qknorm":
         c.model.qk_norm = "proj"
         c.drope.qk_norm_at_flip = True

@@ -1,0 +1,44 @@
+"""DroPE runs branched from a RoPE run: the same run as one that trained its own RoPE prefix."""
+
+import json
+
+import numpy as np
+import pytest
+
+from drope_jax import checkpoint, train
+from drope_jax.model_config import ConfigError
+from test_train import read_metrics, tiny_config
+
+
+def test_a_run_with_its_rope_control_branches_from_it_and_equals_an_unbranched_run(tmp_path):
+    result = train.run(tiny_config(drope=dict(rope_control=True)), tmp_path / "drope")
+    train.run(tiny_config(), tmp_path / "straight")
+    train.run(tiny_config(drope=dict(flip_step=None)), tmp_path / "rope")
+
+    control = tmp_path / "drope" / "rope_control"
+    assert 8 in checkpoint.Checkpointer(control / "checkpoints").all_steps()  # kept for the branch
+    assert json.loads((control / "config.json").read_text())["plan"]["flip"] is None
+    # The control is the RoPE run of the same config, and the branch the DroPE run without its RoPE prefix.
+    branched, straight, rope = (read_metrics(p) for p in (tmp_path / "drope", tmp_path / "straight", tmp_path / "rope"))
+    control_metrics = read_metrics(control)
+    assert sorted(branched) == list(range(9, 13))
+    for s in range(1, 13):
+        np.testing.assert_allclose(control_metrics[s]["loss"], rope[s]["loss"], rtol=1e-6, err_msg=f"step {s}")
+    for s in range(9, 13):
+        assert branched[s]["phase"] == "nope"
+        np.testing.assert_allclose(branched[s]["loss"], straight[s]["loss"], rtol=1e-5, err_msg=f"step {s}")
+        np.testing.assert_allclose(branched[s]["lr"], straight[s]["lr"], rtol=1e-6)
+    assert list(result["perplexity"]) == ["rope (step 8, before the flip)", "rope control (step 12, final)",
+                                          "drope (step 12, final)"]
+    assert json.loads((tmp_path / "drope" / "config.json").read_text())["plan"]["flip"]["branched_from"] == str(control)
+
+
+def test_a_branch_needs_a_rope_phase_checkpoint_at_its_flip_and_the_same_data(tmp_path):
+    train.run(tiny_config(drope=dict(flip_step=None), checkpoint=dict(every_steps=5, keep=3)), tmp_path / "rope")
+    with pytest.raises(ConfigError, match=r"no checkpoint at step 8.*keep_steps='\(8,\)'"):
+        train.run(tiny_config(branch_from=str(tmp_path / "rope")), tmp_path / "a")
+    with pytest.raises(ConfigError, match="config.data.seq_len: 32 there, 16 here"):
+        train.run(tiny_config(branch_from=str(tmp_path / "rope"), data=dict(seq_len=16),
+                              drope=dict(flip_step=10, recal_warmup_steps=0)), tmp_path / "b")
+    with pytest.raises(ConfigError, match="reset_opt_state"):
+        train.run(tiny_config(branch_from=str(tmp_path / "rope"), drope=dict(reset_opt_state=False)), tmp_path / "c")
