@@ -32,6 +32,12 @@ def source_dir(config, workdir: pathlib.Path) -> pathlib.Path | None:
     return pathlib.Path(config.branch_from) if config.branch_from else None
 
 
+def finished(source: pathlib.Path, plan: Plan) -> bool:
+    """Whether the RoPE run ``source`` has its final checkpoint at this run's budget."""
+    return (source / "checkpoints").is_dir() and \
+        plan.total_steps in checkpoint.Checkpointer(source / "checkpoints", async_save=False).all_steps()
+
+
 def control_config(config, plan: Plan):
     """``config`` without the flip: RoPE to the end, keeping its checkpoint at the flip for the branch."""
     c = config.copy_and_resolve_references()

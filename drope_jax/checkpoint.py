@@ -212,6 +212,6 @@ def load_params_from(path, fresh_params: dict, log=print, step: int | None = Non
                                         sep="/")
     source.close()
     if missing:
-        log(f"init_from {path} (step {step}): not in the checkpoint, initialized fresh: {missing}")
-    log(f"init_from {path}: loaded {len(loaded)} parameters from step {step}")
+        log(f"{path} (step {step}): not in the checkpoint, initialized fresh: {missing}")
+    log(f"loaded {len(loaded)} parameters from {path}, step {step}")
     return traverse_util.unflatten_dict({**fresh, **loaded}, sep="/")

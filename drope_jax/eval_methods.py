@@ -2,8 +2,10 @@
 
 - ``drope``: the final (or ``--step``) weights with NoPE in every layer; ``drope_logn`` adds log-n
   query scaling past the training context (an extension, off by default).
-- ``rope``, ``pi``, ``ntk``, ``yarn``: the last RoPE-phase weights (for a DroPE run, the flip-step
-  checkpoint, so the comparison uses the same weights), unscaled or scaled by the length multiple.
+- ``rope``, ``pi``, ``ntk``, ``yarn``: the RoPE weights of a run, unscaled or scaled by the length
+  multiple: for a DroPE run branched from a RoPE run (``config.drope.rope_control``, ``config.branch_from``),
+  that run's final weights when it ran to the same budget (annealed like DroPE), else its checkpoint at the
+  flip; for a DroPE run of its own, its flip-step checkpoint.
 - ``nope``, ``alibi``, ``rnope_swa``: the final weights of a run trained from scratch with that
   encoding (config.positions), under it.
 
@@ -19,7 +21,7 @@ import pathlib
 import jax
 import ml_collections
 
-from drope_jax import checkpoint, sharding
+from drope_jax import branch, checkpoint, sharding
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.positions import NOPE, PosEncoding
 from drope_jax.run_config import default_config, make_plan
@@ -93,6 +95,10 @@ class Run:
             params, _ = load_hf(self.init_from[3:], self.model, mesh=self.mesh, log=self.log)
             return Weights(params, None, "nope" if self.trained_pos == NOPE else "rope", True, self.init_from)
         step = self.final_step
+        if which == "rope_phase" and self.flip_step:
+            source = branch.source_dir(self.config, self.workdir)
+            if source is not None:
+                return self._rope_source(source)
         if which == "rope_phase":
             if self.flip_step == 0:
                 raise ConfigError(f"{self.workdir} trained without positions from step 0: it has no RoPE-phase "
@@ -107,6 +113,16 @@ class Run:
                                 self.spec.abstract_params, self.spec.shardings(self.mesh))
         params = self.ckpt.restore_params(step, abstract)
         return Weights(params, step, phase, phase == "nope" or not qk_at_flip, f"{self.workdir} step {step}")
+
+    def _rope_source(self, source: pathlib.Path) -> Weights:
+        """The RoPE run this one branched from: its final weights if it ran to the same budget (annealed like
+        the DroPE run), else its checkpoint at the flip."""
+        step = self.plan.total_steps if branch.finished(source, self.plan) else self.flip_step
+        fresh = jax.tree.map(lambda x: jax.numpy.ones(x.shape, x.dtype), self.spec.abstract_params)
+        with jax.set_mesh(self.mesh):
+            fresh = jax.device_put(fresh, self.spec.shardings(self.mesh))
+            params = checkpoint.load_params_from(source, fresh, step=step, log=lambda _: None)
+        return Weights(params, step, "rope", self.plan.uses_qk_norm("rope"), f"{source} step {step}")
 
     def _hf_positions(self, hf_dir) -> PosEncoding:
         from drope_jax.hf.configs import read_source

@@ -9,11 +9,24 @@ from absl import flags
 
 
 def parse_flags_or_exit(argv):
-    """absl flag parsing; a misspelt ``--config.a.b`` exits with the closest valid key."""
+    """absl flag parsing; a misspelt ``--config.a.b`` exits with the closest valid key, and
+    ``--config.a.b=None`` unsets a key (ml_collections' own parser cannot: it parses None as the key's type)."""
+    given = list(argv)
+    unset = [a.split("=", 1)[0].removeprefix("--config.") for a in argv[1:]
+             if a.startswith("--config.") and a.split("=", 1)[-1] == "None"]
+    argv = [a for a in argv if not (a.startswith("--config.") and a.split("=", 1)[-1] == "None")]
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        for key in unset:
+            config = flags.FLAGS["config"].value
+            *sections, name = key.split(".")
+            node = config
+            for section in sections:
+                node = node[section]
+            node[name] = None
+        return remaining
     except (AttributeError, KeyError) as e:
-        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        overrides = [a.split("=")[0] for a in given[1:] if a.startswith("--config.")]
         unknown_part = str(e).split("Did you mean")[0]
         bad = next((a for a in overrides if re.search(rf"\b{re.escape(a.rsplit('.', 1)[-1])}\b", unknown_part)),
                    " ".join(overrides))

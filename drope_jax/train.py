@@ -78,10 +78,11 @@ def _is_qk_norm(path: str) -> bool:
     return "q_norm" in path or "k_norm" in path
 
 
-def run(config, workdir) -> dict:
+def run(config, workdir, *, evaluate: bool = True) -> dict:
     """Trains as ``config`` says in ``workdir``, resuming from it if it holds a checkpoint.
 
-    Returns the final evaluation (perplexity by context multiple), also written to ``eval.json``.
+    Returns the final evaluation (perplexity by context multiple), also written to ``eval.json``;
+    ``evaluate=False`` skips it (a RoPE control, evaluated in its DroPE run's table).
     """
     workdir = pathlib.Path(workdir)
     setup = make_setup(config)
@@ -91,9 +92,11 @@ def run(config, workdir) -> dict:
         raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
                           f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
     source = branch.source_dir(config, workdir)
-    if config.drope.rope_control and not (source / "eval.json").is_file():
+    if config.drope.rope_control and not branch.finished(source, plan):
         log(f"=== the RoPE control: this config without the flip, in {source} ===")
-        run(branch.control_config(config, plan), source)
+        run(branch.control_config(config, plan), source, evaluate=False)
+        if not branch.finished(source, plan):  # stopped (SIGTERM, stop_at_step): a relaunch continues it
+            return {}
         log(f"=== the DroPE run, branched from the RoPE control at step {plan.flip_step}, in {workdir} ===")
     checkpoint.ensure_writable(workdir / "checkpoints")
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
@@ -145,9 +148,9 @@ def run(config, workdir) -> dict:
                 f"command to resume from step {end_step}")
             ckpt.close()
             return {}
-        result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh, source)
+        result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh, source) if evaluate else {}
     ckpt.close()
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and evaluate:
         (workdir / "eval.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -266,7 +269,7 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source
     if plan.flip_step:
         models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", source or ckpt.directory,
                        plan.flip_step, plan.pos, plan.uses_qk_norm("rope")))
-    if source is not None and plan.total_steps in checkpoint.Checkpointer(source / "checkpoints").all_steps():
+    if source is not None and branch.finished(source, plan):
         models.append((f"{plan.pos.kind} control (step {plan.total_steps}, final)", source, plan.total_steps,
                        plan.pos, plan.uses_qk_norm("rope")))
     label = {None: plan.pos.kind, 0: "nope"}.get(plan.flip_step, "drope")

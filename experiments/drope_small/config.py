@@ -35,7 +35,8 @@ def get_config(arm: str = "drope"):
     if arm == "nope":
         c.drope.flip_step = 0
     elif arm.startswith("drope"):
-        c.drope.update(flip_step=FLIP_STEP, recal_warmup_steps=80, flip_in_decay=True)  # rounds 1-2 as run
+        c.drope.update(flip_step=FLIP_STEP, recal_warmup_steps=80, recal_decay_fraction=0.8,  # rounds 1-2 as run:
+                       flip_in_decay=True, reset_opt_state=False)  # 80 re-warm steps, the last 320 decaying
     if arm == "drope_qknorm":
         c.model.qk_norm = "proj"
         c.drope.qk_norm_at_flip = True

@@ -1,5 +1,7 @@
 """Bad configs and workdirs: one line naming the fix, before anything compiles, nothing written."""
 
+import json
+
 import pytest
 
 from drope_jax import train
@@ -38,3 +40,13 @@ def test_the_program_prints_one_line_naming_the_fix(tmp_path, launch):
     assert bad_shape.finish() == 1 and "Traceback" not in bad_shape.output()
     assert bad_shape.lines[-1].startswith("error: config.model.num_heads (2) must be divisible by")
     assert not tmp_path.joinpath("checkpoints").exists()
+
+
+def test_a_key_can_be_unset_on_the_command_line(tmp_path, launch):
+    rope_only = launch(tmp_path / "rope", "--config.drope.flip_step=None", "--config.train.stop_at_step=2")
+    assert rope_only.finish() == 0, rope_only.output()
+    written = json.loads((tmp_path / "rope" / "config.json").read_text())
+    assert written["drope"]["flip_step"] is None and written["plan"]["flip"] is None
+    misspelt = launch(tmp_path / "bad", "--config.drope.flipstep=None")
+    assert misspelt.finish() == 1
+    assert misspelt.lines[-1].startswith("error: unknown config key in --config.drope.flipstep")

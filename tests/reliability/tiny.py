@@ -16,7 +16,7 @@ def get_config():
     c.data.update(seq_len=32)
     c.train.update(global_batch_size=8, total_steps=12)
     c.optim.update(warmup_steps=2)
-    c.drope.update(flip_step=8, recal_warmup_steps=2)
+    c.drope.update(flip_step=8, recal_warmup_steps=2, rope_control=False)
     c.checkpoint.update(every_steps=2, keep=2)
     c.log.every_steps = 1
     c.eval.update(lengths=(1,), num_sequences=2, batch_size=2)
