@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from drope_jax.loss import token_nll
 from drope_jax.model_config import ModelConfig
 from drope_jax.positions import PosEncoding
 from drope_jax.state import ModelSpec, apply
@@ -27,14 +28,25 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "max_new_tokens", "use_qk_norm", "query_chunk",
                                              "return_logits"))
 def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max_new_tokens: int,
-                    use_qk_norm: bool = True, query_chunk: int | None = None, return_logits: bool = False):
+                    use_qk_norm: bool = True, query_chunk: int | None = None, return_logits: bool = False,
+                    teacher_BA=None):
     """The ``max_new_tokens`` [B, M] most likely continuations, one token at a time; with
-    ``return_logits`` also the logits [B, M, V] each token was chosen from."""
+    ``return_logits`` also the logits [B, M, V] each token was chosen from.
+
+    ``teacher_BA`` (A = M - 1 tokens, e.g. the correct answers, padded): the prefill also reads them after
+    the prompt, and the call returns ``(tokens, nll_BA)``, the next-token NLL of each teacher token given
+    the prompt and the teacher tokens before it. Decoding then starts from the prompt alone: the teacher's
+    keys beyond the current position are masked, and overwritten as tokens are generated."""
     b, p = prompt_BP.shape
     cache = init_cache(spec.cfg, b, p + max_new_tokens - 1)
     run = functools.partial(apply, spec, params, pos=pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
-    logits_BPV, cache = run(prompt_BP, cache=cache)
-    first_logits_BV = logits_BPV[:, -1].astype(jnp.float32)
+    if teacher_BA is None:
+        logits_BPV, cache = run(prompt_BP, cache=cache)
+        first_logits_BV = logits_BPV[:, -1].astype(jnp.float32)
+    else:
+        logits_BTV, cache = run(jnp.concatenate([prompt_BP, teacher_BA], axis=1), cache=cache)
+        nll_BA = token_nll(logits_BTV[:, p - 1:-1], teacher_BA)
+        first_logits_BV, cache = logits_BTV[:, p - 1].astype(jnp.float32), dict(cache, length=jnp.int32(p))
 
     def step(carry, _):
         logits_BV, cache = carry
@@ -45,6 +57,8 @@ def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max
     (last_logits_BV, _), (tokens_MB, logits_MBV) = jax.lax.scan(step, (first_logits_BV, cache), None,
                                                                  length=max_new_tokens - 1)
     tokens_BM = jnp.concatenate([tokens_MB.T, jnp.argmax(last_logits_BV, -1).astype(jnp.int32)[:, None]], axis=1)
+    if teacher_BA is not None:
+        return tokens_BM, nll_BA
     if not return_logits:
         return tokens_BM
     return tokens_BM, jnp.concatenate([logits_MBV.swapaxes(0, 1), last_logits_BV[:, None]], axis=1)

@@ -53,7 +53,9 @@ class Run:
         self.config = config if config is not None else load_run_config(self.workdir)
         self.plan = make_plan(self.config)
         self.init_from = init_from
-        self.mesh = sharding.make_mesh(devices=jax.devices()[:1] if jax.default_backend() == "cpu" else None)
+        # Every device, data parallel; a single CPU process uses one (its simulated devices share the same cores).
+        one_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+        self.mesh = sharding.make_mesh(devices=jax.devices()[:1] if one_cpu else None)
         self._cache: dict = {}
         if init_from:
             if not init_from.startswith("hf:"):

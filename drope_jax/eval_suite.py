@@ -72,7 +72,8 @@ def held_out_tokens(corpus: data.Corpus, max_tokens: int) -> np.ndarray:
 
 class _Progress:
     def __init__(self, total: int):
-        self.bar = tqdm(total=total, unit="cell", dynamic_ncols=True, mininterval=1.0)
+        self.bar = tqdm(total=total, unit="cell", dynamic_ncols=True, mininterval=1.0,
+                        disable=jax.process_index() != 0)
 
     def step(self, what: str) -> None:
         self.bar.set_description(what, refresh=False)
@@ -93,7 +94,7 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
     # every method's encodings first: a method the run cannot supply is refused before any work
     encodings = {(name, where): {m: method_pos(name, runs[where], float(m)) for m in settings.lengths}
                  for name, where in settings.methods}
-    generator = None
+    generator, prompts = None, {}
     if NIAH_TASK in settings.tasks:
         tokenizer = open_tokenizer(corpus)
         template = niah.pick_template(tokenizer, context, settings.template)
@@ -103,8 +104,10 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
         if needs >= shortest:
             raise ConfigError(f"NIAH template {template!r} needs {needs} tokens for needles and queries, more than "
                               f"the shortest prompt ({shortest} tokens); use --template=short or longer --lengths")
+        prompts = {m: niah_prompts(generator, settings, m * context) for m in settings.lengths}
         log(f"NIAH: template {template!r}, {settings.niah_samples} prompts per task x length x depth, "
-            f"{len(haystack):,} held-out haystack tokens")
+            f"{len(haystack):,} held-out haystack tokens; answers end at the length (room: "
+            f"{', '.join(f'{m}x {room} tokens' for m, (_, room) in prompts.items())})")
 
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -118,26 +121,59 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
     per_method = (len(settings.lengths) * (PPL_TASK in settings.tasks)
                   + len(settings.lengths) * len(settings.niah_tasks) * len(settings.depths) * (generator is not None))
     progress = _Progress(per_method * len(settings.methods))
+    # Every batch splits over the devices; a batch size they do not divide is rounded up.
+    devices = run.mesh.size
+    settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // devices) * devices)
+    timing = {"load": 0.0, PPL_TASK: 0.0, NIAH_TASK: 0.0}
+    compiles = _Compilations()
     start = time.time()
     for name, where in settings.methods:
         label = name if where is None else f"{name}@{where}"
         source = runs[where]
+        loading = time.time()
         weights = source.weights(method_weights(name))
+        jax.block_until_ready(weights.params)
+        timing["load"] += time.time() - loading
         method_encodings = encodings[(name, where)]
         results["methods"][label] = {"weights": weights.source, "phase": weights.phase,
                                      "encoding": {str(m): p.describe() for m, p in method_encodings.items()}}
         if weights.phase == "rope" and name.startswith("drope"):
             log(f"note: {label} drops RoPE from weights trained with it ({weights.source}), with no recalibration")
         if PPL_TASK in settings.tasks:
-            _perplexity(results, label, source, weights, method_encodings, corpus, settings, chunk, progress)
+            began = time.time()
+            _perplexity(results, label, source, weights, method_encodings, corpus, settings, chunk, source.mesh,
+                        progress)
+            timing[PPL_TASK] += time.time() - began
         if generator is not None:
-            _needles(results, label, source, weights, method_encodings, generator, settings, chunk, progress)
+            began = time.time()
+            _needles(results, label, source, weights, method_encodings, generator, prompts, settings, chunk,
+                     source.mesh, progress)
+            timing[NIAH_TASK] += time.time() - began
     progress.bar.close()
+    compiles.close()
     results["seconds"] = round(time.time() - start, 1)
+    results["timing"] = {**{f"{k}_seconds": round(v, 1) for k, v in timing.items()},
+                         "compilations": compiles.count, "compile_seconds": round(compiles.seconds, 1),
+                         "devices": devices, "batch_size": settings.batch_size}
     return results
 
 
-def _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, progress):
+class _Compilations:
+    """Counts XLA compilations (and their seconds) from now until ``close``; cache hits do not count."""
+
+    def __init__(self):
+        self.count, self.seconds = 0, 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._heard)
+
+    def _heard(self, event: str, duration: float, **_) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count, self.seconds = self.count + 1, self.seconds + duration
+
+    def close(self) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._heard)
+
+
+def _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, mesh, progress):
     ppl, by_position = {}, {}
     width = max(source.context // 2, 1)
     longest = max(encodings)
@@ -145,7 +181,7 @@ def _perplexity(results, label, source, weights, encodings, corpus, settings, ch
         # The same held-out text at every length: ppl_sequences rows of the longest, cut into shorter rows.
         sequences = corpus.eval_sequences(m * source.context, settings.ppl_sequences * longest // m)
         nll_T = evaluation.position_nll(source.spec, weights.params, sequences, pos, use_qk_norm=weights.use_qk_norm,
-                                        batch_size=settings.batch_size, query_chunk=chunk)
+                                        batch_size=settings.batch_size, query_chunk=chunk, mesh=mesh)
         ppl[str(m)] = math.exp(float(np.mean(nll_T)))
         by_position[str(m)] = {"bucket_tokens": width, "nll": evaluation.bucket_means(nll_T, width),
                                "sequences": int(len(sequences))}
@@ -154,51 +190,83 @@ def _perplexity(results, label, source, weights, encodings, corpus, settings, ch
     results["loss_by_position"][label] = by_position
 
 
-def _needles(results, label, source, weights, encodings, generator, settings, chunk, progress):
-    accuracy, answer_nll, examples = {}, {}, {}
-    forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk)
-    for task in settings.niah_tasks:
-        accuracy[task], answer_nll[task], examples[task] = {}, {}, {}
-        for m, pos in encodings.items():
+def niah_prompts(generator: niah.Generator, settings: Settings, length: int) -> tuple[list[niah.Sample], int]:
+    """Every NIAH prompt at one length (task-major, then depth, then sample) and the answer room: prompts are
+    ``length - room`` tokens, so the longest correct answer ends exactly at ``length``."""
+    cells = [(task, depth, i) for task in settings.niah_tasks for depth in settings.depths
+             for i in range(settings.niah_samples)]
+    room = max(generator.answer_tokens(task, length, depth, i) for task, depth, i in cells)
+    return [generator.sample(task, length, depth, i, prompt_length=length - room) for task, depth, i in cells], room
+
+
+def _needles(results, label, source, weights, encodings, generator, prompts, settings, chunk, mesh, progress):
+    accuracy, answer_nll, examples = ({task: {} for task in settings.niah_tasks} for _ in range(3))
+    forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk, mesh=mesh)
+    middle = settings.depths[len(settings.depths) // 2]
+    for m, pos in encodings.items():
+        samples, room = prompts[m]
+        texts, nlls = answer_and_score(source.spec, weights.params, pos, generator, samples, settings.batch_size,
+                                       room=room, **forward)
+        for task in settings.niah_tasks:
             accuracy[task][str(m)], answer_nll[task][str(m)] = {}, {}
             for depth in settings.depths:
-                samples = [generator.sample(task, m * source.context, depth, i) for i in range(settings.niah_samples)]
-                texts = generate_answers(source.spec, weights.params, pos, generator, samples, settings.batch_size,
-                                         **forward)
-                accuracy[task][str(m)][f"{depth:g}"] = float(np.mean([niah.score(s, t) for s, t in zip(samples, texts)]))
-                answer_nll[task][str(m)][f"{depth:g}"] = float(np.mean(answer_nlls(
-                    source.spec, weights.params, pos, generator, samples, settings.batch_size, **forward)))
-                if depth == settings.depths[len(settings.depths) // 2]:
-                    examples[task][str(m)] = {"expected": generator.answer_text(samples[0]), "generated": texts[0]}
+                cell = [i for i, s in enumerate(samples) if s.task == task and s.depth == depth]
+                accuracy[task][str(m)][f"{depth:g}"] = float(np.mean([niah.score(samples[i], texts[i]) for i in cell]))
+                answer_nll[task][str(m)][f"{depth:g}"] = float(np.mean([nlls[i] for i in cell]))
+                if depth == middle:
+                    examples[task][str(m)] = {"expected": generator.answer_text(samples[cell[0]]),
+                                              "generated": texts[cell[0]]}
                 progress.step(f"{label} {task} {m}x d{depth:g}")
     results["niah"][label] = accuracy
     results["niah_answer_nll"][label] = answer_nll
     results["niah_examples"][label] = examples
 
 
-def answer_nlls(spec, params, pos, generator, samples, batch_size: int, *, use_qk_norm: bool = True,
-                query_chunk: int | None = None) -> list[float]:
-    """Mean NLL per token of each sample's correct answer, teacher-forced after its prompt: a graded
-    retrieval score that moves before exact match does (a random 6-digit value costs ln 1e6 = 14 nats in all)."""
+def answer_and_score(spec, params, pos, generator, samples, batch_size: int, *, room: int, use_qk_norm: bool = True,
+                     query_chunk: int | None = None, mesh=None) -> tuple[list[str], list[float]]:
+    """``generate_answers`` and ``answer_nlls`` from one prefill per batch: it reads each prompt followed by its
+    correct answer (padded to ``room`` tokens), scores the answer, and greedy decoding of ``room + 1`` tokens
+    continues from the prompt alone. One compiled program serves every batch of a length."""
     answers = [generator.tokenizer.encode(generator.answer_text(s)) for s in samples]
-    width, prompt = max(map(len, answers)), len(samples[0].prompt)
-    rows = np.stack([np.concatenate([s.prompt, a, np.repeat(a[-1:], width - len(a))]) for s, a in zip(samples, answers)])
+    teacher = np.stack([np.concatenate([a, np.repeat(a[-1:], room - len(a))]) for a in answers])
+    rows = np.concatenate([np.stack([s.prompt for s in samples]), teacher], axis=1)
+    prompt = len(samples[0].prompt)
+    texts, nlls = [], []
+    for batch, real in evaluation.full_batches(rows, batch_size):
+        tokens, nll_BA = decode.greedy_generate(params, evaluation.place(batch[:, :prompt], mesh), spec=spec,
+                                                pos=pos, max_new_tokens=room + 1, use_qk_norm=use_qk_norm,
+                                                query_chunk=query_chunk,
+                                                teacher_BA=evaluation.place(batch[:, prompt:], mesh))
+        texts += [generator.tokenizer.decode(row) for row in evaluation.to_host(tokens)[:real]]
+        nlls.append(evaluation.to_host(nll_BA)[:real])
+    nll_NA = np.concatenate(nlls)
+    return texts, [float(nll_NA[i, :len(a)].mean()) for i, a in enumerate(answers)]
+
+
+def answer_nlls(spec, params, pos, generator, samples, batch_size: int, *, width: int | None = None,
+                use_qk_norm: bool = True, query_chunk: int | None = None, mesh=None) -> list[float]:
+    """Mean NLL per token of each sample's correct answer, teacher-forced after its prompt: a graded
+    retrieval score that moves before exact match does (a random 6-digit value costs ln 1e6 = 14 nats in all).
+    Rows are padded to ``width`` tokens (default: the longest prompt plus answer)."""
+    answers = [generator.tokenizer.encode(generator.answer_text(s)) for s in samples]
+    prompt = len(samples[0].prompt)
+    width = width or prompt + max(map(len, answers))
+    rows = np.stack([np.concatenate([s.prompt, a, np.repeat(a[-1:], width - prompt - len(a))])
+                     for s, a in zip(samples, answers)])
     nll_NT = evaluation.row_nll(spec, params, rows, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
-                                query_chunk=query_chunk)
+                                query_chunk=query_chunk, mesh=mesh)
     return [float(nll_NT[i, prompt - 1:prompt - 1 + len(a)].mean()) for i, a in enumerate(answers)]
 
 
-def generate_answers(spec, params, pos, generator, samples, batch_size: int, *, use_qk_norm: bool = True,
-                     query_chunk: int | None = None) -> list[str]:
-    """Greedy continuations (as text) of the samples' prompts, which share one length."""
+def generate_answers(spec, params, pos, generator, samples, batch_size: int, *, max_new_tokens: int | None = None,
+                     use_qk_norm: bool = True, query_chunk: int | None = None, mesh=None) -> list[str]:
+    """Greedy continuations (as text) of the samples' prompts, which share one length: ``max_new_tokens``
+    tokens (default: the longest answer's, plus one), in full batches."""
     tokenizer = generator.tokenizer
-    max_new = max(len(tokenizer.encode(generator.answer_text(s))) for s in samples) + 2
+    max_new = max_new_tokens or max(len(tokenizer.encode(generator.answer_text(s))) for s in samples) + 1
     texts = []
-    for i in range(0, len(samples), batch_size):
-        batch = [s.prompt for s in samples[i:i + batch_size]]
-        real = len(batch)
-        batch += batch[-1:] * (batch_size - real)  # a full batch: one compiled shape for every call
-        tokens = decode.greedy_generate(params, np.stack(batch), spec=spec, pos=pos, max_new_tokens=max_new,
-                                        use_qk_norm=use_qk_norm, query_chunk=query_chunk)
-        texts += [tokenizer.decode(row) for row in np.asarray(tokens)[:real]]
+    for batch, real in evaluation.full_batches(np.stack([s.prompt for s in samples]), batch_size):
+        tokens = decode.greedy_generate(params, evaluation.place(batch, mesh), spec=spec, pos=pos,
+                                        max_new_tokens=max_new, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
+        texts += [tokenizer.decode(row) for row in evaluation.to_host(tokens)[:real]]
     return texts

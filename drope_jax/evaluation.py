@@ -8,7 +8,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
+from drope_jax import sharding
 from drope_jax.positions import PosEncoding
 from drope_jax.loss import token_nll
 from drope_jax.state import ModelSpec, apply
@@ -20,21 +22,44 @@ def _nll(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: 
     return token_nll(logits_BTV, tokens_BT1[:, 1:])
 
 
+def full_batches(rows_N: np.ndarray, batch_size: int):
+    """Batches of exactly ``batch_size`` rows, the last padded with copies of the last row, so one compiled
+    program serves them all; yields (batch, real rows in it)."""
+    for i in range(0, len(rows_N), batch_size):
+        batch = rows_N[i:i + batch_size]
+        real = len(batch)
+        yield np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)]), real
+
+
+def place(batch: np.ndarray, mesh=None):
+    """A host batch (the same on every process) on the devices: split by rows over ``mesh`` (data parallel),
+    else on the default device."""
+    if mesh is None or mesh.size == 1:
+        return jnp.asarray(batch)
+    return jax.make_array_from_callback(batch.shape, sharding.batch_sharding(mesh, batch.ndim), lambda i: batch[i])
+
+
+def to_host(x) -> np.ndarray:
+    """A device array as NumPy on every process, gathered from the others' devices when it spans processes."""
+    return np.asarray(x if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True))
+
+
 def row_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *, use_qk_norm: bool = True,
-            batch_size: int = 4, query_chunk: int | None = None) -> np.ndarray:
+            batch_size: int = 4, query_chunk: int | None = None, mesh=None) -> np.ndarray:
     """Next-token NLL [N, T] of each row of ``sequences_NT1`` (rows of T + 1 tokens): entry t scores token t + 1.
-    ``query_chunk`` bounds attention memory for long rows (see attention.py)."""
+    ``query_chunk`` bounds attention memory for long rows (see attention.py); with ``mesh`` each batch is
+    split over its devices (``batch_size`` a multiple of their number)."""
     return np.concatenate([
-        np.asarray(_nll(params, jnp.asarray(sequences_NT1[i:i + batch_size]), spec=spec, pos=pos,
-                        use_qk_norm=use_qk_norm, query_chunk=query_chunk), np.float64)
-        for i in range(0, len(sequences_NT1), batch_size)])
+        to_host(_nll(params, place(batch, mesh), spec=spec, pos=pos, use_qk_norm=use_qk_norm,
+                     query_chunk=query_chunk)).astype(np.float64)[:real]
+        for batch, real in full_batches(sequences_NT1, batch_size)])
 
 
 def position_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *, use_qk_norm: bool = True,
-                 batch_size: int = 4, query_chunk: int | None = None) -> np.ndarray:
+                 batch_size: int = 4, query_chunk: int | None = None, mesh=None) -> np.ndarray:
     """Mean next-token NLL at each position [T] over the rows of ``sequences_NT1``."""
     return row_nll(spec, params, sequences_NT1, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
-                   query_chunk=query_chunk).mean(axis=0)
+                   query_chunk=query_chunk, mesh=mesh).mean(axis=0)
 
 
 def perplexity(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *,

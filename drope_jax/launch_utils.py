@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import re
 import sys
 
+import jax
 from absl import flags
+
+DEFAULT_COMPILATION_CACHE = str(pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+                                / "drope_jax" / "jax_compilation_cache")
+
+
+def define_compilation_cache_flag():
+    return flags.DEFINE_string(
+        "compilation_cache_dir", DEFAULT_COMPILATION_CACHE,
+        "JAX's persistent compilation cache: a relaunch (after a preemption, say) loads the compiled programs "
+        "instead of compiling them again. A local folder or gs://...; empty: off. JAX_COMPILATION_CACHE_DIR wins.")
+
+
+def use_compilation_cache(path: str) -> None:
+    """Turns JAX's persistent compilation cache on at ``path`` (unless JAX_COMPILATION_CACHE_DIR is set, or
+    ``path`` is empty); programs that take under a second to compile are not stored."""
+    if path and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", path)
 
 
 def parse_flags_or_exit(argv):

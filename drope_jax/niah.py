@@ -78,9 +78,9 @@ TEMPLATES = {
 @dataclasses.dataclass(frozen=True)
 class Sample:
     task: str
-    length: int
+    length: int  # the cell's length: the prompt plus room for the answer
     depth: float
-    prompt: np.ndarray  # int32 [length], ending with the query
+    prompt: np.ndarray  # int32 [prompt_length], ending with the query
     answers: tuple[str, ...]  # the values to name, in order
     ordered: bool  # whether the order of the answers counts
     needle_starts: tuple[int, ...]  # token index of each needle in the prompt; the first queried one first
@@ -171,11 +171,14 @@ class Generator:
             return pairs, query, tuple(v for _, v in pairs), True
         return pairs, t.query_one.format(key=keys[0], **nouns), (pairs[0][1],), True
 
-    def sample(self, task: str, length: int, depth: float, index: int = 0) -> Sample:
+    def sample(self, task: str, length: int, depth: float, index: int = 0, prompt_length: int | None = None) -> Sample:
+        """The prompt of one cell: ``prompt_length`` tokens (default: ``length``, which with the task, depth and
+        index picks the needles), so that an answer of ``length - prompt_length`` tokens fits in ``length``."""
         if not 0.0 <= depth <= 1.0:
             raise ConfigError(f"NIAH depth {depth} must lie in [0, 1]")
         rng = self._rng(task, length, depth, index)
         pairs, query, answers, ordered = self.needles_and_query(task, rng)
+        cell_length, length = length, length if prompt_length is None else prompt_length
         nouns = self._nouns
         needles = [self.tokenizer.encode(self.template.needle.format(key=k, value=v, **nouns)) for k, v in pairs]
         query_ids = self.tokenizer.encode(query)
@@ -199,11 +202,19 @@ class Generator:
         pieces += [haystack[cursor:], query_ids]
         prompt = np.concatenate(pieces).astype(np.int32)
         assert len(prompt) == length, (len(prompt), length)
-        return Sample(task, length, depth, prompt, answers, ordered, tuple(starts), tuple(map(len, needles)))
+        return Sample(task, cell_length, depth, prompt, answers, ordered, tuple(starts), tuple(map(len, needles)))
 
     def answer_text(self, sample: Sample) -> str:
         """A correct continuation, e.g. " 1234567." or " 11, 22, 33.": sets how many tokens to generate."""
-        return self.template.answer.format(values=self.template.answer_sep.join(sample.answers))
+        return self._answer(sample.answers)
+
+    def _answer(self, answers: tuple[str, ...]) -> str:
+        return self.template.answer.format(values=self.template.answer_sep.join(answers))
+
+    def answer_tokens(self, task: str, length: int, depth: float, index: int = 0) -> int:
+        """How many tokens the correct answer of ``sample(task, length, depth, index)`` takes, without the prompt."""
+        _, _, answers, _ = self.needles_and_query(task, self._rng(task, length, depth, index))
+        return len(self.tokenizer.encode(self._answer(answers)))
 
     def room_needed(self, task: str) -> int:
         """Tokens the needles and query of one ``task`` prompt take (seed 0, index 0)."""

@@ -4,7 +4,8 @@
       --methods=drope,rope,pi,ntk,yarn --lengths=1,2,4,8 --tasks=ppl,niah
 
 Lengths are multiples of the training context (config.data.seq_len). For a DroPE run the RoPE
-baselines (rope, pi, ntk, yarn) use the flip-step checkpoint and drope the final (or --step) one.
+baselines (rope, pi, ntk, yarn) use the flip-step checkpoint, or the annealed RoPE run it branched from, and
+drope the final (or --step) one.
 Other methods: drope_logn (NoPE with log-n query scaling), and nope, alibi, rnope_swa for runs trained
 with them from scratch; NAME@WORKDIR takes a method's weights from another run. The run's config is
 read from DIR/config.json (written by launch/tpu_run.py), or given with --config. Writes DIR/eval/:
@@ -17,12 +18,13 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from drope_jax import eval_report, eval_suite, niah
+from drope_jax import distributed, eval_report, eval_suite, niah
 from drope_jax.eval_methods import Run, parse_methods
-from drope_jax.launch_utils import parse_flags_or_exit
+from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
 from drope_jax.model_config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (default: WORKDIR/config.json).")
+_CACHE = define_compilation_cache_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir; results go to WORKDIR/eval.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for drope and from-scratch methods (default: latest).")
 _INIT_FROM = flags.DEFINE_string("init_from", "", "hf:DIR: evaluate a Hugging Face checkpoint (needs --config).")
@@ -49,6 +51,8 @@ def _default_chunk() -> int:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    use_compilation_cache(_CACHE.value)
+    distributed.initialize_if_needed()
     try:
         settings = eval_suite.Settings(
             methods=tuple(parse_methods(_METHODS.value)), lengths=tuple(int(m) for m in _LENGTHS.value),
@@ -59,6 +63,8 @@ def main(argv):
         run = Run(_WORKDIR.value, config=_CONFIG.value, step=_STEP.value, init_from=_INIT_FROM.value)
         results = eval_suite.evaluate(run, settings)
         results["command"] = " ".join(["python"] + sys.argv)
+        if jax.process_index() != 0:  # every process computed the same results; one writes them
+            return
         written = eval_report.write(results, _OUT.value or f"{_WORKDIR.value}/eval")
     except ConfigError as e:
         sys.exit(f"error: {e}")

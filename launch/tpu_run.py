@@ -13,16 +13,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from drope_jax import checkpoint, distributed, train
-from drope_jax.launch_utils import parse_flags_or_exit
+from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
 from drope_jax.model_config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Run config file.")
+_CACHE = define_compilation_cache_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evals go.", required=True)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
+    use_compilation_cache(_CACHE.value)
     distributed.initialize_if_needed()
     try:
         train.run(_CONFIG.value, _WORKDIR.value)

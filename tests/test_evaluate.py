@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from drope_jax import eval_report, eval_suite, loss, niah, sharding, state, train
+from drope_jax import data, eval_methods, eval_report, eval_suite, evaluation, loss, niah, sharding, state, train
 from drope_jax.eval_methods import Run, parse_methods
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.positions import ROPE, PosEncoding
@@ -171,3 +171,48 @@ def test_a_hugging_face_checkpoint_is_evaluated_in_its_own_position_mode(tmp_pat
     results = eval_suite.evaluate(run, settings, log=lambda _: None)
     assert results["methods"]["yarn"]["encoding"]["2"] == f"{trained}, yarn x2"
     assert results["ppl"]["rope"]["1"] == results["ppl"]["yarn"]["1"] != results["ppl"]["drope"]["1"]
+
+
+def _settings(**kw):
+    base = dict(methods=tuple(parse_methods("drope,rope,yarn")), lengths=(4, 8), niah_tasks=("passkey", "multivalue"),
+                depths=(0.0, 1.0), niah_samples=3, ppl_sequences=3, batch_size=2, query_chunk=16, template="short")
+    return eval_suite.Settings(**{**base, **kw})
+
+
+def test_batched_evaluation_equals_the_cell_by_cell_computation(runs):
+    """Full batches across tasks, depths and samples, one decode length and one forward width per length
+    change no number: each cell recomputed on its own (its own batch and shapes) gives the same scores."""
+    settings = _settings()
+    run = Run(runs / "drope")
+    results = eval_suite.evaluate(run, settings, log=lambda _: None)
+    corpus = data.open_corpus(run.config.data)
+    tok = eval_suite.open_tokenizer(corpus)
+    generator = niah.Generator(tok, eval_suite.held_out_tokens(corpus, 4 * 32 * 8), template="short")
+    for name in ("drope", "yarn"):
+        weights = run.weights(eval_methods.method_weights(name))
+        for m in settings.lengths:
+            pos = eval_methods.method_pos(name, run, float(m))
+            sequences = corpus.eval_sequences(m * 32, settings.ppl_sequences * 8 // m)
+            alone = evaluation.perplexity(run.spec, weights.params, sequences, pos, batch_size=len(sequences))
+            np.testing.assert_allclose(results["ppl"][name][str(m)], alone, rtol=1e-5)
+            samples, room = eval_suite.niah_prompts(generator, settings, m * 32)
+            for task in settings.niah_tasks:
+                for depth in settings.depths:
+                    cell = [s for s in samples if s.task == task and s.depth == depth]
+                    texts = eval_suite.generate_answers(run.spec, weights.params, pos, generator, cell, len(cell))
+                    nlls = eval_suite.answer_nlls(run.spec, weights.params, pos, generator, cell, len(cell))
+                    assert results["niah"][name][task][str(m)][f"{depth:g}"] == \
+                        np.mean([niah.score(s, t) for s, t in zip(cell, texts)])
+                    np.testing.assert_allclose(results["niah_answer_nll"][name][task][str(m)][f"{depth:g}"],
+                                               np.mean(nlls), rtol=1e-5)
+            assert all(len(s.prompt) + room == m * 32 for s in samples)  # prompt and answer fit the length
+
+
+def test_compilations_do_not_grow_with_the_number_of_cells(runs):
+    counts = []
+    for depths, samples in (((0.0,), 1), ((0.0, 0.5, 1.0), 3)):
+        jax.clear_caches()
+        results = eval_suite.evaluate(Run(runs / "drope"), _settings(depths=depths, niah_samples=samples),
+                                      log=lambda _: None)
+        counts.append(results["timing"]["compilations"])
+    assert counts[0] == counts[1] > 0, counts
