@@ -7,6 +7,8 @@ import pathlib
 
 import numpy as np
 
+from drope_jax import niah
+
 
 def write(results: dict, out_dir) -> list[pathlib.Path]:
     out = pathlib.Path(out_dir)
@@ -56,11 +58,13 @@ def markdown(results: dict) -> str:
     if results["niah"]:
         rows = []
         for name in results["niah"]:
+            n = s["niah_samples"] * len(s["depths"])  # prompts pooled over depths
             for task in results["niah"][name]:
-                rows.append([name, task] + [f"{v:.2f}" for v in niah_mean(results, name, task).values()])
+                rows.append([name, task] + [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v in niah_mean(results, name, task).values()
+                                            for lo, hi in [niah.wilson_interval(round(v * n), n)]])
             rows.append([name, "**mean**"] + [f"**{v:.2f}**" for v in niah_mean(results, name).values()])
         parts += [f"## NIAH exact-match accuracy (mean over depths {s['depths']}; {s['niah_samples']} prompts per "
-                  f"task x length x depth; template {s['template']!r})", "",
+                  f"task x length x depth; template {s['template']!r}; [95% Wilson interval over depths])", "",
                   _table(["method", "task"] + _length_header(results), rows), ""]
     if results.get("niah_answer_nll"):
         rows = [[name] + [f"{v:.2f}" for v in niah_mean(results, name, section="niah_answer_nll").values()]

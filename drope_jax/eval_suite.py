@@ -116,7 +116,8 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                 "flip_step": run.flip_step, "trained_positions": run.trained_pos.describe(), "context": context},
         "settings": {**dataclasses.asdict(settings), "template": generator.template.name if generator else None},
         "lengths": {str(m): m * context for m in settings.lengths},
-        "methods": {}, "ppl": {}, "loss_by_position": {}, "niah": {}, "niah_answer_nll": {}, "niah_examples": {},
+        "methods": {}, "ppl": {}, "loss_by_position": {}, "niah": {}, "niah_interval": {}, "niah_answer_nll": {},
+        "niah_examples": {},
     }
     per_method = (len(settings.lengths) * (PPL_TASK in settings.tasks)
                   + len(settings.lengths) * len(settings.niah_tasks) * len(settings.depths) * (generator is not None))
@@ -200,7 +201,7 @@ def niah_prompts(generator: niah.Generator, settings: Settings, length: int) -> 
 
 
 def _needles(results, label, source, weights, encodings, generator, prompts, settings, chunk, mesh, progress):
-    accuracy, answer_nll, examples = ({task: {} for task in settings.niah_tasks} for _ in range(3))
+    accuracy, interval, answer_nll, examples = ({task: {} for task in settings.niah_tasks} for _ in range(4))
     forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk, mesh=mesh)
     middle = settings.depths[len(settings.depths) // 2]
     for m, pos in encodings.items():
@@ -208,16 +209,19 @@ def _needles(results, label, source, weights, encodings, generator, prompts, set
         texts, nlls = answer_and_score(source.spec, weights.params, pos, generator, samples, settings.batch_size,
                                        room=room, **forward)
         for task in settings.niah_tasks:
-            accuracy[task][str(m)], answer_nll[task][str(m)] = {}, {}
+            accuracy[task][str(m)], interval[task][str(m)], answer_nll[task][str(m)] = {}, {}, {}
             for depth in settings.depths:
                 cell = [i for i, s in enumerate(samples) if s.task == task and s.depth == depth]
-                accuracy[task][str(m)][f"{depth:g}"] = float(np.mean([niah.score(samples[i], texts[i]) for i in cell]))
+                hits = sum(niah.score(samples[i], texts[i]) for i in cell)
+                accuracy[task][str(m)][f"{depth:g}"] = hits / len(cell)
+                interval[task][str(m)][f"{depth:g}"] = niah.wilson_interval(hits, len(cell))
                 answer_nll[task][str(m)][f"{depth:g}"] = float(np.mean([nlls[i] for i in cell]))
                 if depth == middle:
                     examples[task][str(m)] = {"expected": generator.answer_text(samples[cell[0]]),
                                               "generated": texts[cell[0]]}
                 progress.step(f"{label} {task} {m}x d{depth:g}")
     results["niah"][label] = accuracy
+    results["niah_interval"][label] = interval
     results["niah_answer_nll"][label] = answer_nll
     results["niah_examples"][label] = examples
 

@@ -17,6 +17,7 @@ answers by continuing it; the answer is scored by exact match of the values it n
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import numpy as np
@@ -93,6 +94,15 @@ def score(sample: Sample, generated_text: str) -> bool:
     if sample.ordered:
         return found == list(sample.answers)
     return sorted(found) == sorted(sample.answers)
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a success rate: sound at 0 and 1 and for a few dozen trials."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
 
 
 class Generator:

@@ -110,3 +110,10 @@ def test_too_short_a_prompt_is_refused_by_name():
         gen().sample("multiquery", 100, 0.5)
     with pytest.raises(ConfigError, match="depth"):
         gen().sample("passkey", 800, 1.5)
+
+
+def test_wilson_interval_on_worked_numbers():
+    assert niah.wilson_interval(24, 48) == pytest.approx((0.3639, 0.6361), abs=1e-4)
+    lo, hi = niah.wilson_interval(0, 48)
+    assert lo == 0.0 and hi == pytest.approx(0.0741, abs=1e-4)  # never the degenerate [0, 0]
+    assert niah.wilson_interval(48, 48) == pytest.approx((0.9259, 1.0), abs=1e-4)
