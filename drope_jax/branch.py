@@ -38,6 +38,14 @@ def finished(source: pathlib.Path, plan: Plan) -> bool:
         plan.total_steps in checkpoint.Checkpointer(source / "checkpoints", async_save=False).all_steps()
 
 
+def params_at(source: pathlib.Path, step: int, spec, mesh) -> dict:
+    """Parameters of checkpoint ``step`` of the run in ``source``, shaped for ``spec``; those it lacks (a RoPE
+    control's QK-norm gains, unused in the RoPE phase) are 1."""
+    ones = jax.tree.map(lambda x: jnp.ones(x.shape, x.dtype), spec.abstract_params)
+    return checkpoint.load_params_from(source, jax.device_put(ones, spec.shardings(mesh)), step=step,
+                                       log=lambda _: None)
+
+
 def control_config(config, plan: Plan):
     """``config`` without the flip: RoPE to the end, keeping its checkpoint at the flip for the branch."""
     c = config.copy_and_resolve_references()

@@ -77,8 +77,8 @@ class Run:
             self.model = ModelConfig.from_dict(meta["model"])
             self.flip_step = meta.get("flip_step")
             self.trained_pos = self.plan.pos
-        # Forward passes only: a rolled layer scan without remat compiles several times faster than the unrolled,
-        # rematerialized training step and computes the same values.
+        # Forward passes only: a rolled layer scan without remat computes the same values as the unrolled,
+        # rematerialized training step, and compiles one layer instead of all of them.
         self.model = dataclasses.replace(self.model, scan_unroll=1, remat="none")
         self.spec = model_spec(self.model)  # one object: jitted functions take it as a static argument
 
@@ -123,10 +123,7 @@ class Run:
         """The RoPE run this one branched from: its final weights if it ran to the same budget (annealed like
         the DroPE run), else its checkpoint at the flip."""
         step = self.plan.total_steps if branch.finished(source, self.plan) else self.flip_step
-        fresh = jax.tree.map(lambda x: jax.numpy.ones(x.shape, x.dtype), self.spec.abstract_params)
-        with jax.set_mesh(self.mesh):
-            fresh = jax.device_put(fresh, self.spec.shardings(self.mesh))
-            params = checkpoint.load_params_from(source, fresh, step=step, log=lambda _: None)
+        params = branch.params_at(source, step, self.spec, self.mesh)
         return Weights(params, step, "rope", self.plan.uses_qk_norm("rope"), f"{source} step {step}")
 
     def _hf_positions(self, hf_dir) -> PosEncoding:

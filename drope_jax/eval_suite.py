@@ -226,13 +226,20 @@ def _needles(results, label, source, weights, encodings, generator, prompts, set
     results["niah_examples"][label] = examples
 
 
+def _answers(generator, samples, room: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each sample's correct answer as tokens, and all of them [N, room] (default: the longest answer's
+    length), each padded with its last token."""
+    answers = [generator.tokenizer.encode(generator.answer_text(s)) for s in samples]
+    room = room or max(map(len, answers))
+    return answers, np.stack([np.concatenate([a, np.repeat(a[-1:], room - len(a))]) for a in answers])
+
+
 def answer_and_score(spec, params, pos, generator, samples, batch_size: int, *, room: int, use_qk_norm: bool = True,
                      query_chunk: int | None = None, mesh=None) -> tuple[list[str], list[float]]:
     """``generate_answers`` and ``answer_nlls`` from one prefill per batch: it reads each prompt followed by its
     correct answer (padded to ``room`` tokens), scores the answer, and greedy decoding of ``room + 1`` tokens
     continues from the prompt alone. One compiled program serves every batch of a length."""
-    answers = [generator.tokenizer.encode(generator.answer_text(s)) for s in samples]
-    teacher = np.stack([np.concatenate([a, np.repeat(a[-1:], room - len(a))]) for a in answers])
+    answers, teacher = _answers(generator, samples, room)
     rows = np.concatenate([np.stack([s.prompt for s in samples]), teacher], axis=1)
     prompt = len(samples[0].prompt)
     texts, nlls = [], []
@@ -252,11 +259,9 @@ def answer_nlls(spec, params, pos, generator, samples, batch_size: int, *, width
     """Mean NLL per token of each sample's correct answer, teacher-forced after its prompt: a graded
     retrieval score that moves before exact match does (a random 6-digit value costs ln 1e6 = 14 nats in all).
     Rows are padded to ``width`` tokens (default: the longest prompt plus answer)."""
-    answers = [generator.tokenizer.encode(generator.answer_text(s)) for s in samples]
     prompt = len(samples[0].prompt)
-    width = width or prompt + max(map(len, answers))
-    rows = np.stack([np.concatenate([s.prompt, a, np.repeat(a[-1:], width - prompt - len(a))])
-                     for s, a in zip(samples, answers)])
+    answers, padded = _answers(generator, samples, width and width - prompt)
+    rows = np.concatenate([np.stack([s.prompt for s in samples]), padded], axis=1)
     nll_NT = evaluation.row_nll(spec, params, rows, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
                                 query_chunk=query_chunk, mesh=mesh)
     return [float(nll_NT[i, prompt - 1:prompt - 1 + len(a)].mean()) for i, a in enumerate(answers)]

@@ -32,15 +32,13 @@ def parse_flags_or_exit(argv):
     """absl flag parsing; a misspelt ``--config.a.b`` exits with the closest valid key, and
     ``--config.a.b=None`` unsets a key (ml_collections' own parser cannot: it parses None as the key's type)."""
     given = list(argv)
-    unset = [a.split("=", 1)[0].removeprefix("--config.") for a in argv[1:]
-             if a.startswith("--config.") and a.split("=", 1)[-1] == "None"]
-    argv = [a for a in argv if not (a.startswith("--config.") and a.split("=", 1)[-1] == "None")]
+    unsets = [a for a in argv[1:] if a.startswith("--config.") and a.endswith("=None")]
+    argv = [a for a in argv if a not in unsets]
     try:
         remaining = flags.FLAGS(argv)
-        for key in unset:
-            config = flags.FLAGS["config"].value
-            *sections, name = key.split(".")
-            node = config
+        for flag in unsets:
+            *sections, name = flag.removeprefix("--config.").removesuffix("=None").split(".")
+            node = flags.FLAGS["config"].value
             for section in sections:
                 node = node[section]
             node[name] = None

@@ -49,8 +49,8 @@ def restart_moments(tx, opt_state, params, *, everything: bool):
     """Fresh Adam moments (and bias-correction count) at the flip: for every parameter, or only for the
     group of ``make_optimizer(starts_at_flip=...)``, the others' moments carried over."""
     fresh = tx.init(params)
-    if everything or len(opt_state) != 2:  # without that group there is nothing to restart alone
-        return fresh if everything else opt_state
+    if everything:
+        return fresh
     clip_state, groups = opt_state
     inner = dict(groups.inner_states, **{STARTS_AT_FLIP: fresh[1].inner_states[STARTS_AT_FLIP]})
     return clip_state, groups._replace(inner_states=inner)
@@ -93,12 +93,12 @@ def lr_at(step, *, optim_cfg, total_steps: int, flip_step: int | None = None, dr
     step = jnp.asarray(step, jnp.float32)
     peak, warmup = optim_cfg.lr, max(optim_cfg.warmup_steps, 0)
     floor = peak * optim_cfg.min_lr_ratio
+    warm = jnp.minimum(1.0, (step + 1) / max(warmup, 1))
     if optim_cfg.schedule == "constant":
-        base = peak * jnp.minimum(1.0, (step + 1) / max(warmup, 1))
+        base = peak * warm
     elif optim_cfg.schedule == "cosine":
         frac = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
-        cosine = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
-        base = jnp.where(step < warmup, peak * (step + 1) / max(warmup, 1), cosine)
+        base = jnp.where(step < warmup, peak * warm, floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac)))
     elif optim_cfg.schedule == "wsd":
         base = _warmup_stable_decay(step, peak=peak, warmup=warmup, total=total_steps, floor=floor,
                                     decay_steps=max(int(total_steps * optim_cfg.decay_fraction), 1))

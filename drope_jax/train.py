@@ -265,15 +265,15 @@ def apply_flip(setup: Setup, state, step: int):
 def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source=None) -> dict:
     """Held-out perplexity at each context multiple, on the same text at every length, for the last
     RoPE-phase model, the RoPE control (when branched from one that ran to the same budget) and the final one."""
-    models = []  # (name, checkpoints folder, step, position encoding, QK-norm on)
+    models = []  # (name, the RoPE run it comes from or None for this one, step, position encoding, QK-norm on)
     if plan.flip_step:
-        models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", source or ckpt.directory,
-                       plan.flip_step, plan.pos, plan.uses_qk_norm("rope")))
+        models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", source, plan.flip_step,
+                       plan.pos, plan.uses_qk_norm("rope")))
     if source is not None and branch.finished(source, plan):
         models.append((f"{plan.pos.kind} control (step {plan.total_steps}, final)", source, plan.total_steps,
                        plan.pos, plan.uses_qk_norm("rope")))
     label = {None: plan.pos.kind, 0: "nope"}.get(plan.flip_step, "drope")
-    models.append((f"{label} (step {plan.total_steps}, final)", ckpt.directory, plan.total_steps,
+    models.append((f"{label} (step {plan.total_steps}, final)", None, plan.total_steps,
                    NOPE if plan.flip_step is not None else plan.pos, True))
 
     lengths = [m * config.data.seq_len for m in config.eval.lengths]
@@ -281,9 +281,9 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source
     header = f"{'held-out perplexity':<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))
     rows = [header]
     sequences = evaluation.same_text_sequences(corpus, config)
-    fresh = init_params(spec, config.train.seed, mesh)  # fills what a checkpoint lacks (a control's QK-norm gains)
+    abstract = _with_shardings(spec.abstract_params, spec.shardings(mesh))
     for name, where, step, pos, use_qk in models:
-        params = checkpoint.load_params_from(where, fresh, step=step, log=lambda _: None)
+        params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
         ppl = [evaluation.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
                                      batch_size=config.eval.batch_size) for m in config.eval.lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
