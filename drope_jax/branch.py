@@ -17,11 +17,12 @@ import jax.numpy as jnp
 
 from drope_jax import checkpoint
 from drope_jax.model_config import ConfigError
-from drope_jax.run_config import Plan
+from drope_jax.run_config import Plan, default_config
 
 CONTROL_DIR = "rope_control"
 # What must equal between the two runs for the data position to mean the same batches.
-SAME_DATA = (("data", ("source", "path", "seq_len", "shuffle_seed", "val_fraction", "document_masking")),
+SAME_DATA = (("data", ("source", "path", "seq_len", "shuffle_seed", "val_fraction", "document_masking",
+                       "retrieval_share", "retrieval_template")),
              ("train", ("global_batch_size",)))
 
 
@@ -84,8 +85,12 @@ def _check_same_data(config, source: pathlib.Path) -> None:
     path = source / "config.json"
     if not path.is_file():
         raise ConfigError(f"config.branch_from={str(source)!r} has no config.json; is it a drope-jax workdir?")
-    theirs = json.loads(path.read_text())
-    diffs = [f"config.{section}.{key}: {theirs[section].get(key)!r} there, {config[section][key]!r} here"
-             for section, keys in SAME_DATA for key in keys if theirs[section].get(key) != config[section][key]]
+    saved, defaults = json.loads(path.read_text()), default_config()
+
+    def theirs(section, key):  # a key newer than their config.json has its default there
+        return saved[section].get(key, defaults[section][key])
+
+    diffs = [f"config.{section}.{key}: {theirs(section, key)!r} there, {config[section][key]!r} here"
+             for section, keys in SAME_DATA for key in keys if theirs(section, key) != config[section][key]]
     if diffs:
         raise ConfigError(f"config.branch_from={str(source)!r} read other data: {'; '.join(diffs)}")

@@ -22,8 +22,9 @@ import tempfile
 import grain
 import numpy as np
 
-from drope_jax import prepare
+from drope_jax import prepare, retrieval
 from drope_jax.model_config import ConfigError
+from drope_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 SOURCES = ("arrayrecord", "python_stdlib")
 
@@ -51,19 +52,70 @@ class Corpus:
         return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(shards)).map(
             lambda record: np.frombuffer(record, dtype))
 
-    def eval_sequences(self, length: int, num_sequences: int) -> np.ndarray:
-        """``num_sequences`` rows of ``length + 1`` tokens: held-out documents concatenated in order."""
-        needed, chunks, have = num_sequences * (length + 1), [], 0
-        for doc in self.documents("val"):
-            chunks.append(doc)
-            have += len(doc)
-            if have >= needed:
+    def tokenizer(self):
+        """The tokenizer the corpus was prepared with, to write text (NIAH prompts, retrieval documents) in it."""
+        meta = self.metadata
+        if meta.get("tokenizer") == "bytes":
+            return ByteTokenizer()
+        if meta.get("tokenizer_dir"):
+            return HFTokenizer(str(self.path / meta["tokenizer_dir"]))
+        raise ConfigError(f"{self.path}/metadata.json names no tokenizer to write prompts with; prepare the data "
+                          "with launch/prepare_data.py --tokenizer=bytes or a tokenizer.json")
+
+    def haystack(self, split: str, max_tokens: int) -> np.ndarray:
+        """The split's first documents, concatenated without their EOS tokens, up to about ``max_tokens``."""
+        chunks, have = [], 0
+        for doc in self.documents(split):
+            doc = np.asarray(doc, np.int32)
+            chunks.append(doc[doc != self.eos_id])
+            have += len(chunks[-1])
+            if have >= max_tokens:
                 break
-        n = min(num_sequences, have // (length + 1))
-        if n == 0:
-            raise ConfigError(f"the held-out split of {self.path} has {have} tokens, too few for a sequence of "
-                              f"{length}; prepare it with a larger --val_fraction")
-        return np.concatenate(chunks)[: n * (length + 1)].reshape(n, length + 1).astype(np.int32)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+
+    def eval_rows(self, length: int, num_rows: int) -> tuple[np.ndarray, int]:
+        """Up to ``num_rows`` held-out rows of ``length + 1`` tokens from as many documents as possible, each
+        row one document's own text where documents are long enough: first the start of every document
+        (shorter ones joined together), then, while rows are missing, the next stretch of each long
+        document, and so on. Returns int32 [n, length + 1] and how many documents the rows hold."""
+        size, docs = length + 1, self.documents("val")
+        rows, used, short, long_docs = [], set(), [], []
+        for i, doc in enumerate(docs):  # the start of every document
+            if len(rows) == num_rows:
+                break
+            if len(doc) >= size:
+                rows.append(doc[:size])
+                used.add(i)
+                long_docs.append(i)
+                continue
+            short.append(i)
+            if sum(len(docs[j]) for j in short) >= size:
+                rows.append(np.concatenate([docs[j] for j in short])[:size])
+                used.update(short)
+                short = []
+        stretch = 1
+        while len(rows) < num_rows and long_docs:  # then the next stretch of each long document
+            long_docs = [i for i in long_docs if len(docs[i]) >= (stretch + 1) * size]
+            rows += [docs[i][stretch * size:(stretch + 1) * size] for i in long_docs[:num_rows - len(rows)]]
+            stretch += 1
+        if not rows:
+            raise ConfigError(f"the held-out split of {self.path} is too short for a sequence of {length} "
+                              "tokens; prepare it with a larger --val_fraction")
+        return np.stack(rows).astype(np.int32), len(used)
+
+
+def same_text_rows(corpus: Corpus, context: int, multiples, num_rows: int) -> tuple[dict[int, np.ndarray], int]:
+    """Held-out rows at each multiple of ``context``, all cut from the same text: ``num_rows`` rows of the
+    longest length (``Corpus.eval_rows``), each split into pieces of the shorter lengths, so that lengths
+    compare context, not text. Returns {multiple: int32 [rows, multiple * context + 1]} and the documents."""
+    longest = max(multiples) * context
+    rows, documents = corpus.eval_rows(longest, num_rows)
+    cut = {}
+    for m in multiples:
+        length = m * context
+        pieces = [rows[:, j:j + length + 1] for j in range(0, longest, length)]
+        cut[m] = np.stack(pieces, axis=1).reshape(-1, length + 1)  # each row's pieces in order
+    return cut, documents
 
 
 def open_corpus(data_cfg) -> Corpus:
@@ -102,13 +154,14 @@ def document_stream(documents: grain.MapDataset, *, seed: int, stream_index: int
 
 
 def train_dataset(documents: grain.MapDataset, *, seq_len: int, global_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1,
-                  document_masking: bool = False) -> grain.IterDataset:
+                  process_index: int = 0, process_count: int = 1, document_masking: bool = False,
+                  generated: retrieval.Rows | None = None) -> grain.IterDataset:
     """This process's rows of each global batch, ``{"tokens": int32 [global_batch_size // process_count,
     seq_len + 1]}``; with ``document_masking`` also ``segment_ids`` and per-document ``positions``.
 
     Process p holds rows [p * n, (p + 1) * n) of the global batch (n rows per process), the rows its
-    devices hold under ``sharding.host_batch_to_global``.
+    devices hold under ``sharding.host_batch_to_global``. Rows ``generated.at`` of every batch are
+    generated retrieval documents; the corpus's documents are dealt to the other rows.
     """
     if global_batch_size % process_count:
         raise ConfigError(f"config.train.global_batch_size ({global_batch_size}) must be divisible by the "
@@ -117,14 +170,27 @@ def train_dataset(documents: grain.MapDataset, *, seq_len: int, global_batch_siz
     keys = {"tokens": "tokens", "segment_ids": "tokens_segment_ids", "positions": "tokens_positions"}
     if not document_masking:
         keys = {"tokens": "tokens"}
+    generated_at = generated.at if generated else ()
+    corpus_rows = [r for r in range(global_batch_size) if r not in generated_at]
+    if len(documents) < len(corpus_rows):  # a row would have no document to read
+        raise ConfigError(f"the training split has {len(documents)} documents, fewer than the {len(corpus_rows)} "
+                          "rows of a global batch that read it; use a smaller config.train.global_batch_size or "
+                          "prepare the data in more documents")
 
-    def row_stream(row: int) -> grain.IterDataset:
-        ds = document_stream(documents, seed=seed, stream_index=row, num_streams=global_batch_size)
+    def corpus_stream(row: int) -> grain.IterDataset:
+        ds = document_stream(documents, seed=seed, stream_index=corpus_rows.index(row), num_streams=len(corpus_rows))
         # Reads in the calling thread: a read-ahead pool per row stream costs more than the reads.
         ds = ds.map(lambda doc: {"tokens": doc}).to_iter_dataset(grain.ReadOptions(num_threads=0))
         return grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
 
-    streams = [row_stream(r) for r in range(process_index * rows, (process_index + 1) * rows)]
+    def generated_stream(row: int) -> grain.IterDataset:
+        slot = generated_at.index(row)  # the generated stream's rows interleave: row i of slot s is i * n + s
+        return grain.MapDataset.range(2**48).map(
+            lambda i: generated.row(i * len(generated_at) + slot)).to_iter_dataset(
+            grain.ReadOptions(num_threads=0))
+
+    streams = [generated_stream(r) if r in generated_at else corpus_stream(r)
+               for r in range(process_index * rows, (process_index + 1) * rows)]
     return _JsonStateSafe(grain.experimental.ZipIterDataset(streams).map(
         lambda packed: {k: np.stack([p[src] for p in packed]).astype(np.int32) for k, src in keys.items()}))
 

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from drope_jax import data, decode, evaluation, niah
 from drope_jax.eval_methods import Run, method_pos, method_weights
 from drope_jax.model_config import ConfigError
-from drope_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 PPL_TASK, NIAH_TASK = "ppl", "niah"
 
@@ -48,28 +47,6 @@ class Settings:
             raise ConfigError(f"--lengths={self.lengths}: give multiples of the training context, >= 1")
 
 
-def open_tokenizer(corpus: data.Corpus):
-    meta = corpus.metadata
-    if meta.get("tokenizer") == "bytes":
-        return ByteTokenizer()
-    if meta.get("tokenizer_dir"):
-        return HFTokenizer(str(corpus.path / meta["tokenizer_dir"]))
-    raise ConfigError(f"{corpus.path}/metadata.json names no tokenizer the NIAH prompts can use; prepare the data "
-                      "with launch/prepare_data.py --tokenizer=bytes or a tokenizer.json")
-
-
-def held_out_tokens(corpus: data.Corpus, max_tokens: int) -> np.ndarray:
-    """The held-out documents, concatenated without their EOS tokens: the NIAH haystack."""
-    chunks, have = [], 0
-    for doc in corpus.documents("val"):
-        doc = np.asarray(doc, np.int32)
-        chunks.append(doc[doc != corpus.eos_id])
-        have += len(chunks[-1])
-        if have >= max_tokens:
-            break
-    return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
-
-
 class _Progress:
     def __init__(self, total: int):
         self.bar = tqdm(total=total, unit="cell", dynamic_ncols=True, mininterval=1.0,
@@ -96,9 +73,9 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                  for name, where in settings.methods}
     generator, prompts = None, {}
     if NIAH_TASK in settings.tasks:
-        tokenizer = open_tokenizer(corpus)
+        tokenizer = corpus.tokenizer()
         template = niah.pick_template(tokenizer, context, settings.template)
-        haystack = held_out_tokens(corpus, 4 * context * max(settings.lengths))
+        haystack = corpus.haystack("val", 4 * context * max(settings.lengths))
         generator = niah.Generator(tokenizer, haystack, template=template, values=settings.values, seed=settings.seed)
         shortest, needs = min(settings.lengths) * context, max(generator.room_needed(t) for t in settings.niah_tasks)
         if needs >= shortest:
@@ -177,15 +154,14 @@ class _Compilations:
 def _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, mesh, progress):
     ppl, by_position = {}, {}
     width = max(source.context // 2, 1)
-    longest = max(encodings)
+    rows, documents = data.same_text_rows(corpus, source.context, tuple(encodings), settings.ppl_sequences)
     for m, pos in encodings.items():
-        # The same held-out text at every length: ppl_sequences rows of the longest, cut into shorter rows.
-        sequences = corpus.eval_sequences(m * source.context, settings.ppl_sequences * longest // m)
+        sequences = rows[m]
         nll_T = evaluation.position_nll(source.spec, weights.params, sequences, pos, use_qk_norm=weights.use_qk_norm,
                                         batch_size=settings.batch_size, query_chunk=chunk, mesh=mesh)
         ppl[str(m)] = math.exp(float(np.mean(nll_T)))
         by_position[str(m)] = {"bucket_tokens": width, "nll": evaluation.bucket_means(nll_T, width),
-                               "sequences": int(len(sequences))}
+                               "sequences": int(len(sequences)), "documents": documents}
         progress.step(f"{label} ppl {m}x")
     results["ppl"][label] = ppl
     results["loss_by_position"][label] = by_position

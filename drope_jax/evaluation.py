@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from drope_jax import sharding
+from drope_jax import data, sharding
 from drope_jax.positions import PosEncoding
 from drope_jax.loss import token_nll
 from drope_jax.state import ModelSpec, apply
@@ -75,13 +75,6 @@ def bucket_means(nll_T: np.ndarray, width: int) -> list[float]:
     return [float(np.mean(nll_T[i:i + width])) for i in range(0, len(nll_T), width)]
 
 
-def same_text_sequences(corpus, config) -> dict[int, np.ndarray]:
-    """Held-out rows at each of config.eval.lengths (multiples of data.seq_len), all cut from the same text
-    (num_sequences rows of the longest length), so that lengths compare context, not text."""
-    seq_len, n, longest = config.data.seq_len, config.eval.num_sequences, max(config.eval.lengths)
-    return {m: corpus.eval_sequences(m * seq_len, n * longest // m) for m in config.eval.lengths}
-
-
 class InTrainingEval:
     """Held-out perplexity at each of config.eval.lengths every config.eval.every_steps steps, in the
     encoding of the phase being trained, as one metrics record: the flip shows on the curve."""
@@ -89,7 +82,8 @@ class InTrainingEval:
     def __init__(self, config, plan, spec: ModelSpec, corpus):
         self.config, self.plan, self.spec = config, plan, spec
         self.every = config.eval.every_steps or 0
-        self.sequences = same_text_sequences(corpus, config) if self.every else {}
+        self.sequences = data.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
+                                             config.eval.num_sequences)[0] if self.every else {}
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0

@@ -37,6 +37,17 @@ orchid otter palace panther pebble pepper pigeon pillow planet pocket quartz rab
 salmon sapphire scarlet shadow silver spider spruce summit sunset tiger timber tomato topaz tulip tunnel turtle
 velvet violet walnut willow window winter zebra
 """.split())
+# The keys of generated training documents (``drope_jax.retrieval``): disjoint from WORDS, so that an
+# evaluation never asks for a key the model saw in training.
+TRAIN_WORDS = tuple("""
+acorn almond anchor antler arrow aspen autumn bamboo banner barley basin beacon beetle birch bison blossom bonnet
+boulder bramble breeze bridge bronze bucket buffalo butter cactus camel canoe cargo carrot cello chalk chapel cheetah
+chimney cinder clover cobra compass cricket cypress dolphin donkey dune elbow fjord fiddle flint forge fountain
+gazelle geyser goblet gravel grove hammock hawk hickory hornet iceberg igloo indigo jaguar kayak kernel koala larch
+lemur lilac lobster locket mango marsh mammoth mitten moss mustang nutmeg oak orbit owl paddle parrot peach pelican
+pine plum poppy prairie puffin quill radish reef rhubarb robin ruby sable sequoia sparrow squid starling thistle
+thunder trout tundra umbrella valley vapor vessel walrus wasp wheat wizard yacht yarrow yew
+""".split())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +78,12 @@ TEMPLATES = {
                    "The special magic {nouns} for {keys} mentioned in the provided text are"),
     # For small contexts (a byte-level model of 128 tokens): the same tasks in a few tokens each.
     "short": Template("short", needle=" {key}={value}.", query_one=" {key}=", query_all=" all {key}=",
-                      query_many=" {keys}=", join_keys=",", value_digits=4, answer="{values}.", answer_sep=","),
+                      query_many=" {keys}=", join_keys=", ", value_digits=4, answer="{values}.", answer_sep=","),
     # For models trained on source code: a needle is an assignment, a query an assert to complete
     # (multivalue: the key is assigned several times; the query asks for the tuple of its values).
-    "code": Template("code", needle="\n{key} = {value}\n", query_one="\nassert {key} ==",
-                     query_all="\nassert {key} in (", query_many="\nassert ({keys}) == (",
+    # Indented, so that a key follows a space in needle and query alike and tokenizes the same in both.
+    "code": Template("code", needle="\n    {key} = {value}\n", query_one="\n    assert {key} ==",
+                     query_all="\n    assert {key} in (", query_many="\n    assert ( {keys}) == (",
                      key_name="magic_{key}", value_digits=6, answer=" {values}", answer_sep=", "),
 }
 
@@ -109,11 +121,12 @@ class Generator:
     """Deterministic for a seed: ``sample(task, length, depth, index)`` is the same prompt on every call.
 
     ``haystack_tokens`` is held-out text, already tokenized (any length; it wraps around if too short).
-    ``tokenizer`` has ``encode(str) -> int array`` and ``decode(ids) -> str``.
+    ``tokenizer`` has ``encode(str) -> int array`` and ``decode(ids) -> str``. Keys (and word values) are
+    drawn from ``keys``: WORDS for evaluation, TRAIN_WORDS for generated training documents.
     """
 
     def __init__(self, tokenizer, haystack_tokens: np.ndarray, *, template: str = "ruler", values: str = "number",
-                 value_digits: int | None = None, num_needles: int = 4, seed: int = 0):
+                 value_digits: int | None = None, num_needles: int = 4, seed: int = 0, keys: tuple = WORDS):
         if template not in TEMPLATES:
             raise ConfigError(f"NIAH template {template!r}; choose one of {sorted(TEMPLATES)}")
         if values not in ("number", "word"):
@@ -122,6 +135,7 @@ class Generator:
             raise ConfigError("the NIAH haystack is empty: the held-out split has no tokens")
         self.tokenizer, self.haystack = tokenizer, np.asarray(haystack_tokens, np.int32)
         self.template, self.values, self.num_needles, self.seed = TEMPLATES[template], values, num_needles, seed
+        self.keys = keys
         self.value_digits = value_digits or self.template.value_digits
         self._token_text: dict[int, str] = {}
 
@@ -157,7 +171,7 @@ class Generator:
             if self.values == "number":
                 v = str(rng.integers(10 ** (self.value_digits - 1), 10**self.value_digits))
             else:
-                v = str(rng.choice(WORDS))
+                v = str(rng.choice(self.keys))
             if v not in taken:
                 taken.add(v)
                 return v
@@ -169,7 +183,7 @@ class Generator:
         t, n = self.template, 1 if task == "passkey" else self.num_needles
         nouns = self._nouns
         taken: set = set()
-        keys = [str(k) for k in rng.choice(WORDS, size=n, replace=False)]
+        keys = [str(k) for k in rng.choice(self.keys, size=n, replace=False)]
         taken.update(keys)
         keys = [t.key_name.format(key=k) for k in keys]
         if task == "multivalue":
@@ -226,9 +240,9 @@ class Generator:
         _, _, answers, _ = self.needles_and_query(task, self._rng(task, length, depth, index))
         return len(self.tokenizer.encode(self._answer(answers)))
 
-    def room_needed(self, task: str) -> int:
-        """Tokens the needles and query of one ``task`` prompt take (seed 0, index 0)."""
-        pairs, query, _, _ = self.needles_and_query(task, self._rng(task, 0, 0.0, 0))
+    def room_needed(self, task: str, length: int = 0, depth: float = 0.0, index: int = 0) -> int:
+        """Tokens the needles and query of ``sample(task, length, depth, index)`` take."""
+        pairs, query, _, _ = self.needles_and_query(task, self._rng(task, length, depth, index))
         nouns = self._nouns
         needles = [self.template.needle.format(key=k, value=v, **nouns) for k, v in pairs]
         return len(self.tokenizer.encode(query)) + sum(len(self.tokenizer.encode(n)) for n in needles)

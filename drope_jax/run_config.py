@@ -15,6 +15,7 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+from drope_jax import niah, retrieval
 from drope_jax.model_config import ConfigError, ModelConfig
 from drope_jax.optim import SCHEDULES, Recal, decay_start, recal_schedule
 from drope_jax.positions import NOPE, ROPE, PosEncoding
@@ -48,6 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
         document_masking=False,  # True: tokens attend only within their own packed document
         shuffle_seed=0,
         val_fraction=0.05,
+        retrieval_share=0.0,  # >0: this share of every batch's rows is generated retrieval documents (retrieval.py)
+        retrieval_template="auto",  # their NIAH wording: "ruler", "short", "code", or auto (as evaluation picks)
     ))
     c.train = ml_collections.ConfigDict(dict(
         global_batch_size=32,  # sequences per optimizer step, over all devices
@@ -178,6 +181,10 @@ def make_plan(c: ml_collections.ConfigDict, num_data_devices: int | None = None)
         raise ConfigError(
             f"config.train.global_batch_size/grad_accum ({t.global_batch_size // t.grad_accum}) does not divide "
             f"across the {num_data_devices} data-parallel devices (mesh data x fsdp); change the batch or config.mesh")
+    retrieval.row_indices(t.global_batch_size, c.data.retrieval_share)
+    if c.data.retrieval_template not in ("auto", *niah.TEMPLATES):
+        raise ConfigError(f"config.data.retrieval_template={c.data.retrieval_template!r}; choose auto or one of "
+                          f"{sorted(niah.TEMPLATES)}")
     if c.optim.schedule not in SCHEDULES:
         raise ConfigError(f"config.optim.schedule={c.optim.schedule!r}; choose one of {SCHEDULES}")
     if t.nonfinite not in ("skip", "stop"):

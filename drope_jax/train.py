@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from drope_jax import branch, checkpoint, data, evaluation, metrics, optim, preemption, resume, sharding
+from drope_jax import branch, checkpoint, data, evaluation, metrics, optim, preemption, resume, retrieval, sharding
 from drope_jax.faults import Faults
 from drope_jax.model_config import ConfigError
 from drope_jax.positions import NOPE
@@ -111,10 +111,13 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
         (workdir / "config.json").write_text(json.dumps({**json.loads(config.to_json_best_effort()), **resolved},
                                                         indent=1))
 
+    generated = retrieval.from_config(config.data, corpus, config.train.global_batch_size)
+    if generated:
+        log(f"data: {generated.describe(config.train.global_batch_size)}")
     data_iter = iter(data.train_dataset(
         corpus.documents("train"), seq_len=config.data.seq_len, global_batch_size=config.train.global_batch_size,
         seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count(),
-        document_masking=config.data.document_masking))
+        document_masking=config.data.document_masking, generated=generated))
 
     log(f"model: {count_params(setup.spec.abstract_params):,} parameters; mesh {dict(mesh.shape)}; "
         f"{plan.describe()}")
@@ -278,9 +281,10 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source
 
     lengths = [m * config.data.seq_len for m in config.eval.lengths]
     results = {"train_context": config.data.seq_len, "lengths": lengths, "perplexity": {}}
-    header = f"{'held-out perplexity':<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))
-    rows = [header]
-    sequences = evaluation.same_text_sequences(corpus, config)
+    sequences, results["documents"] = data.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
+                                                          config.eval.num_sequences)
+    title = f"held-out perplexity ({results['documents']} docs)"
+    rows = [f"{title:<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))]
     abstract = _with_shardings(spec.abstract_params, spec.shardings(mesh))
     for name, where, step, pos, use_qk in models:
         params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)

@@ -198,3 +198,29 @@ def test_parquet_rows_are_documents(tmp_path):
     with pytest.raises(ConfigError, match="has no column 'body'"):
         prepare.prepare(str(tmp_path / "a.parquet"), "parquet", "bytes", str(tmp_path / "out2"), text_field="body",
                         progress=lambda _: None)
+
+
+class _HeldOut(data.Corpus):
+    def __init__(self, lengths):
+        self.path, self.docs = "held_out", [np.arange(100 * i, 100 * i + n, dtype=np.int32) for i, n in enumerate(lengths)]
+
+    def documents(self, split):
+        return grain.MapDataset.source(self.docs)
+
+
+def test_held_out_rows_start_documents_first_then_take_further_stretches_of_long_ones():
+    rows, documents = _HeldOut([5, 3, 30, 9, 70]).eval_rows(9, 6)
+    starts = [int(r[0]) for r in rows]
+    assert starts == [200, 0, 400, 210, 410, 220]  # the long documents' starts, the short ones joined, then more
+    np.testing.assert_array_equal(rows[1], [0, 1, 2, 3, 4, 100, 101, 102, 300, 301])
+    assert documents == 5 and all(np.all(np.diff(r) == 1) for i, r in enumerate(rows) if i != 1)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        _HeldOut([3, 4]).eval_rows(9, 2)
+
+
+def test_shorter_lengths_cut_the_same_text_as_the_longest():
+    rows, documents = data.same_text_rows(_HeldOut([40, 50, 45]), 4, (1, 2, 8), num_rows=3)
+    assert rows[8].shape == (3, 33) and rows[1].shape == (24, 5) and documents == 3
+    for m in (1, 2):  # every target token of the longest rows, in order, and nothing else
+        targets = rows[m][:, 1:].reshape(3, -1)
+        np.testing.assert_array_equal(targets, rows[8][:, 1:])

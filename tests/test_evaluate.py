@@ -186,13 +186,13 @@ def test_batched_evaluation_equals_the_cell_by_cell_computation(runs):
     run = Run(runs / "drope")
     results = eval_suite.evaluate(run, settings, log=lambda _: None)
     corpus = data.open_corpus(run.config.data)
-    tok = eval_suite.open_tokenizer(corpus)
-    generator = niah.Generator(tok, eval_suite.held_out_tokens(corpus, 4 * 32 * 8), template="short")
+    tok = corpus.tokenizer()
+    generator = niah.Generator(tok, corpus.haystack("val", 4 * 32 * 8), template="short")
     for name in ("drope", "yarn"):
         weights = run.weights(eval_methods.method_weights(name))
         for m in settings.lengths:
             pos = eval_methods.method_pos(name, run, float(m))
-            sequences = corpus.eval_sequences(m * 32, settings.ppl_sequences * 8 // m)
+            sequences = data.same_text_rows(corpus, 32, settings.lengths, settings.ppl_sequences)[0][m]
             alone = evaluation.perplexity(run.spec, weights.params, sequences, pos, batch_size=len(sequences))
             np.testing.assert_allclose(results["ppl"][name][str(m)], alone, rtol=1e-5)
             samples, room = eval_suite.niah_prompts(generator, settings, m * 32)

@@ -35,3 +35,57 @@ def test_report_rebuilds_the_tables_and_plots_from_the_committed_results(tmp_pat
     assert {p.name for p in tmp_path.glob("*.png")} == {
         "training_loss.png", "in_training_ppl.png", "ppl_vs_length.png", "loss_by_position.png",
         "niah_heatmap_code.png", "niah_heatmap_ruler.png"}
+
+
+ROUND3 = REPO / "experiments" / "round3"
+
+
+def test_round3_arms_are_valid_runs_that_share_the_data_and_scale_for_a_smoke_test():
+    from drope_jax.run_config import make_plan
+
+    config = load_module(ROUND3 / "config.py")
+    plans = {}
+    for arm in (*config.ARMS, "rope@1", "drope_r25@1/48"):
+        c = config.get_config(arm)
+        c.branch_from = "rope" if arm.startswith("drope") else ""
+        plans[arm] = make_plan(c)
+        assert c.data.retrieval_share == 0.125 and c.data.seq_len == 1024
+    assert [plans[a].flip_step for a in ("drope_r12", "drope_r25", "drope_r50")] == [2100, 1800, 1200]
+    assert config.get_config("rope").checkpoint.keep_steps == (1200, 1800, 2100)  # every branch point kept
+    assert plans["drope_r25@1/48"].total_steps == 48 and plans["drope_r25@1/48"].flip_step == 36
+    assert plans["nope"].flip_step == 0 and plans["alibi"].pos.kind == "alibi" and plans["rnope_swa"].pos.window
+
+
+def _results(ppl: dict, accuracy: dict) -> dict:
+    """A results.json of launch/evaluate.py: {method: {length: ppl}}, {method: {length: accuracy everywhere}}."""
+    depths = ["0", "0.5", "1"]
+    return {"date": "2026-12-01", "device": "test", "lengths": {"1": 1024, "2": 2048, "4": 4096},
+            "settings": {"niah_samples": 48, "depths": [0, 0.5, 1], "template": "code"},
+            "ppl": ppl, "loss_by_position": {m: {"1": {"documents": 24}} for m in ppl},
+            "niah": {m: {t: {length: {d: acc for d in depths} for length, acc in by_length.items()}
+                         for t in ("passkey", "multikey", "multivalue", "multiquery")}
+                     for m, by_length in accuracy.items()}}
+
+
+def test_round3_gate_and_readings_from_evaluation_results(tmp_path):
+    import json
+
+    report = load_module(ROUND3 / "report.py")
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps(_results({"rope": {"1": 3.0}}, {"rope": {"1": 0.85}})))
+    assert report.gate(str(gate)) and not report.gate(str(gate), threshold=0.9)
+    evals = {"rope": ({"rope": {"1": 3.0, "2": 9.0, "4": 30.0}, "yarn": {"1": 3.0, "2": 3.2, "4": 4.0}},
+                      {"rope": {"1": 0.9, "2": 0.0, "4": 0.0}, "yarn": {"1": 0.9, "2": 0.5, "4": 0.1}}),
+             "drope_r25": ({"drope": {"1": 3.05, "2": 3.3, "4": 3.9}}, {"drope": {"1": 0.8, "2": 0.7, "4": 0.4}}),
+             "nope": ({"nope": {"1": 3.2, "2": 3.4, "4": 9.0}}, {"nope": {"1": 0.7, "2": 0.66, "4": 0.1}})}
+    for folder, (ppl, accuracy) in evals.items():
+        (tmp_path / "eval" / folder).mkdir(parents=True)
+        (tmp_path / "eval" / folder / "results.json").write_text(json.dumps(_results(ppl, accuracy)))
+    table, settings = report.load(tmp_path)
+    assert table["DroPE 25%"]["niah"]["2"] == (34 * 12, 576)  # 0.7 of 48 prompts is 34 per cell, 12 cells and set(table) == {"RoPE", "YaRN", "DroPE 25%", "NoPE"}
+    found = {(number, text.split(":")[0]): verdict for number, text, verdict in report.readings(table)}
+    assert found[("1", "DroPE 25% 1x perplexity 3.050 vs RoPE 3.000")] == "holds"  # +1.7%
+    assert found[("2", "NIAH 2x")] == "fails" and found[("2", "NIAH 4x")] == "holds"  # 0.70 vs 0.66 overlap at n=576
+    assert found[("3", "2x")] == "holds"  # 0.70 vs YaRN's 0.50
+    text = report.write_report(table, settings, tmp_path / "out")
+    assert "| DroPE 25% | 3.050 | 3.300 | 3.900 |" in text and (tmp_path / "out" / "round3.png").is_file()

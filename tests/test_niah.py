@@ -96,11 +96,11 @@ def test_code_template_writes_assignments_and_asks_with_an_assert(task):
     g = niah.Generator(TOK, HAYSTACK, template="code", seed=0)
     s = g.sample(task, 600, 0.5)
     text = TOK.decode(s.prompt)
-    query = text[text.rindex("\nassert "):]
+    query = text[text.rindex("\n    assert "):]
     assert len(s.answers[0]) == 6 and all(f" = {v}\n" in text for v in s.answers)
     for start, size, value in zip(s.needle_starts, s.needle_lengths, s.answers):  # the needles asked about
         needle = TOK.decode(s.prompt[start:start + size])
-        assert needle.startswith("\nmagic_") and needle.endswith(f" = {value}\n")
+        assert needle.startswith("\n    magic_") and needle.endswith(f" = {value}\n")
         assert needle.split(" = ")[0].strip() in query
     assert niah.score(s, g.answer_text(s)) and not niah.score(s, " 0" + g.answer_text(s))
 
