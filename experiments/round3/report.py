@@ -147,11 +147,11 @@ def plot(table, settings, out: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ppl_ax, niah_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, t in table.items():
+    for i, (name, t) in enumerate(table.items()):
         xs = [settings["lengths"][m] for m in t["ppl"]]
-        style = "-" if name.startswith("DroPE") else "--"
-        ppl_ax.plot(xs, list(t["ppl"].values()), style, marker="o", label=name)
-        niah_ax.plot(xs, [h / n for h, n in t["niah"].values()], style, marker="o", label=name)
+        style = dict(linestyle="-" if name.startswith("DroPE") else "--", marker="o", color=plt.cm.tab20(i), label=name)
+        ppl_ax.plot(xs, list(t["ppl"].values()), **style)
+        niah_ax.plot(xs, [h / n for h, n in t["niah"].values()], **style)
     ppl_ax.set(xscale="log", yscale="log", xlabel="evaluation length (tokens)", ylabel="held-out perplexity")
     niah_ax.set(xscale="log", xlabel="evaluation length (tokens)", ylabel="NIAH exact match (pooled)", ylim=(0, 1))
     niah_ax.legend(fontsize=7)
