@@ -104,6 +104,7 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
     settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // devices) * devices)
     timing = {"load": 0.0, PPL_TASK: 0.0, NIAH_TASK: 0.0}
     compiles = _Compilations()
+    done = {}  # (task, weights, use_qk_norm, encoding, length) -> its results: equal cells are computed once
     start = time.time()
     for name, where in settings.methods:
         label = name if where is None else f"{name}@{where}"
@@ -120,12 +121,12 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
         if PPL_TASK in settings.tasks:
             began = time.time()
             _perplexity(results, label, source, weights, method_encodings, corpus, settings, chunk, source.mesh,
-                        progress)
+                        progress, done)
             timing[PPL_TASK] += time.time() - began
         if generator is not None:
             began = time.time()
             _needles(results, label, source, weights, method_encodings, generator, prompts, settings, chunk,
-                     source.mesh, progress)
+                     source.mesh, progress, done)
             timing[NIAH_TASK] += time.time() - began
     progress.bar.close()
     compiles.close()
@@ -151,17 +152,23 @@ class _Compilations:
         jax.monitoring.unregister_event_duration_listener(self._heard)
 
 
-def _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, mesh, progress):
+def _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, mesh, progress, done):
     ppl, by_position = {}, {}
     width = max(source.context // 2, 1)
     rows, documents = data.same_text_rows(corpus, source.context, tuple(encodings), settings.ppl_sequences)
     for m, pos in encodings.items():
+        key = (PPL_TASK, weights.source, weights.use_qk_norm, pos, m)  # e.g. PI at 1x is RoPE at 1x
+        if key in done:
+            ppl[str(m)], by_position[str(m)] = done[key]
+            progress.step(f"{label} ppl {m}x")
+            continue
         sequences = rows[m]
         nll_T = evaluation.position_nll(source.spec, weights.params, sequences, pos, use_qk_norm=weights.use_qk_norm,
                                         batch_size=settings.batch_size, query_chunk=chunk, mesh=mesh)
         ppl[str(m)] = math.exp(float(np.mean(nll_T)))
         by_position[str(m)] = {"bucket_tokens": width, "nll": evaluation.bucket_means(nll_T, width),
                                "sequences": int(len(sequences)), "documents": documents}
+        done[key] = ppl[str(m)], by_position[str(m)]
         progress.step(f"{label} ppl {m}x")
     results["ppl"][label] = ppl
     results["loss_by_position"][label] = by_position
@@ -176,14 +183,17 @@ def niah_prompts(generator: niah.Generator, settings: Settings, length: int) -> 
     return [generator.sample(task, length, depth, i, prompt_length=length - room) for task, depth, i in cells], room
 
 
-def _needles(results, label, source, weights, encodings, generator, prompts, settings, chunk, mesh, progress):
+def _needles(results, label, source, weights, encodings, generator, prompts, settings, chunk, mesh, progress, done):
     accuracy, interval, answer_nll, examples = ({task: {} for task in settings.niah_tasks} for _ in range(4))
     forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk, mesh=mesh)
     middle = settings.depths[len(settings.depths) // 2]
     for m, pos in encodings.items():
         samples, room = prompts[m]
-        texts, nlls = answer_and_score(source.spec, weights.params, pos, generator, samples, settings.batch_size,
-                                       room=room, **forward)
+        key = (NIAH_TASK, weights.source, weights.use_qk_norm, pos, m)
+        if key not in done:
+            done[key] = answer_and_score(source.spec, weights.params, pos, generator, samples, settings.batch_size,
+                                         room=room, **forward)
+        texts, nlls = done[key]
         for task in settings.niah_tasks:
             accuracy[task][str(m)], interval[task][str(m)], answer_nll[task][str(m)] = {}, {}, {}
             for depth in settings.depths:
