@@ -105,15 +105,28 @@ class Checkpointer:
             raise self._write_failed(e) from e
 
     def restore(self, step: int, abstract_state, data_iterator=None):
-        """The train state placed like ``abstract_state`` (ShapeDtypeStructs with shardings)."""
-        items = {"state": _restore_args(abstract_state)}
+        """The train state placed like ``abstract_state`` (ShapeDtypeStructs with shardings); with
+        ``data_iterator``, also moves it to where it was at ``step``."""
+        state = self.manager.restore(step, args=ocp.args.Composite(state=_restore_args(abstract_state)))["state"]
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+            self.restore_data(step, data_iterator)
+        return state
 
     def restore_data(self, step: int, data_iterator) -> None:
-        """Moves ``data_iterator`` to where it was at checkpoint ``step``."""
-        self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        """Moves ``data_iterator`` to where it was at checkpoint ``step``, also when another number of
+        processes wrote it: each process saved the states of its own rows of the global batch, so together
+        they are every row's, and this process takes its rows' states."""
+        written_by = self.meta(step).get("process_count", 1)
+        if written_by == jax.process_count():
+            self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+            return
+        files = [self.directory / str(step) / "data" / f"process_{i}-of-{written_by}.json" for i in range(written_by)]
+        rows = [row for f in files for row in json.loads(f.read_text())["parents"]]
+        if len(rows) % jax.process_count():
+            raise ConfigError(f"checkpoint {step} holds {len(rows)} rows a batch, which {jax.process_count()} "
+                              "processes cannot share; relaunch with a number of processes that divides it")
+        n = len(rows) // jax.process_count()
+        data_iterator.set_state({"parents": rows[jax.process_index() * n:(jax.process_index() + 1) * n]})
 
     def restore_params(self, step: int, abstract_params):
         """Parameters only, from a checkpoint whose optimizer state may have another structure."""

@@ -26,11 +26,6 @@ def check_fits(meta: dict, plan: Plan, workdir) -> None:
     if meta["flip_step"] != plan.flip_step:
         raise ConfigError(f"{workdir} was trained with the flip at step {meta['flip_step']}, the config says "
                           f"{plan.flip_step}; restore config.drope or use a new --workdir")
-    processes = meta.get("process_count", 1)
-    if processes != jax.process_count():
-        raise ConfigError(f"{workdir} was written by {processes} process(es) and this run has "
-                          f"{jax.process_count()}; each keeps its own data-iterator state, so relaunch with "
-                          f"{processes}")
 
 
 def resume_step(ckpt: Checkpointer, plan: Plan, workdir, *, fallback: bool, log=print) -> int | None:
