@@ -59,6 +59,26 @@ class _IteratorSnapshot:
         return self._state
 
 
+class SaveClock:
+    """Checkpoints by time (``config.checkpoint.every_minutes``) beside those by step. The processes of a
+    run must save at the same steps, so process 0's clock decides, broadcast to the others, and only at
+    every ``check_every``-th step, so the broadcast costs nothing noticeable."""
+
+    def __init__(self, every_minutes: float, check_every: int):
+        self.every_s, self.check_every, self.last = every_minutes * 60, max(check_every, 1), time.time()
+
+    def due(self, step: int) -> bool:
+        if not self.every_s or step % self.check_every:
+            return False
+        due = time.time() - self.last >= self.every_s
+        if jax.process_count() > 1:
+            due = bool(multihost_utils.broadcast_one_to_all(jnp.bool_(due)))
+        return due
+
+    def reset(self) -> None:
+        self.last = time.time()
+
+
 class Checkpointer:
     def __init__(self, directory, *, keep: int = 3, preserve_steps=(), async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()

@@ -89,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
                                             num_devices=-1))  # >0: only the first N devices (one process)
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=100, keep=3, async_save=True,
+        every_minutes=0.0,  # >0: also save when this long has passed since the last save (checked every log step)
         keep_steps=(),  # steps always saved and never deleted, e.g. where DroPE runs will branch (config.branch_from)
         fallback_on_corrupt=False,  # True: set an unreadable newest checkpoint aside and resume from an older one
     ))

@@ -207,6 +207,9 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
                 "tokens": step * plan.tokens_per_step, "model": plan.model.to_dict(),
                 "qk_norm_at_flip": config.drope.qk_norm_at_flip, "process_count": jax.process_count()}
         ckpt.save(step, state, data_iter.get_state(), meta)
+        clock.reset()
+
+    clock = checkpoint.SaveClock(config.checkpoint.every_minutes, check_every=config.log.every_steps)
 
     end_step = plan.total_steps if config.train.stop_at_step is None else min(config.train.stop_at_step,
                                                                              plan.total_steps)
@@ -219,8 +222,8 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
                 if step != start_step:
                     save(step)  # the last RoPE-phase state: kept whatever the keep-N policy says
                 state = apply_flip(setup, state, step)
-            elif (step % config.checkpoint.every_steps == 0 or step in config.checkpoint.keep_steps) and \
-                    step != start_step:
+            elif (step % config.checkpoint.every_steps == 0 or step in config.checkpoint.keep_steps
+                  or clock.due(step)) and step != start_step:
                 save(step)
             batch = jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), next(data_iter))
             phase = plan.phase(step)

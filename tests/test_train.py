@@ -138,3 +138,16 @@ def _abstract_params(c):
     spec = model_spec(make_plan(c).model)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         spec.abstract_params, spec.shardings(mesh))
+
+
+def test_checkpoints_by_time_beside_those_by_step(tmp_path):
+    """every_minutes saves when that long has passed, checked every log step; 0 leaves only the step saves."""
+    steps = {}
+    for minutes in (0.0, 1e-9):
+        workdir = tmp_path / str(minutes)
+        config = tiny_config(drope={"flip_step": None}, checkpoint={"every_steps": 1000, "keep": 10,
+                                                                     "every_minutes": minutes},
+                             log={"every_steps": 3}, eval={"lengths": (1,)})
+        train.run(config, workdir, evaluate=False)
+        steps[minutes] = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == {0.0: [12], 1e-9: [3, 6, 9, 12]}
