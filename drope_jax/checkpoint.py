@@ -26,8 +26,7 @@ from flax import traverse_util
 from drope_jax.model_config import ConfigError, ModelConfig
 
 # Fields that change parameter shapes; the others (dtypes of compute, remat, ...) may differ on resume.
-SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim", "head_dim",
-                "tie_embeddings", "attention_bias", "qk_norm")
+SHAPE_FIELDS = ModelConfig.names("shape")
 
 
 class NotSaved(RuntimeError):

@@ -15,16 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from drope_jax.attention import causal_attention
-from drope_jax.model_config import ModelConfig
+from drope_jax.model_config import REMAT_POLICIES, ModelConfig
 from drope_jax.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
-
-REMAT = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 def _param(rngs, shape, names, cfg: ModelConfig, init: str = "normal"):
     """A parameter with logical axis names; "normal" draws N(0, init_std), "ones"/"zeros" are constant."""
@@ -200,7 +193,8 @@ class Transformer(nnx.Module):
                                                     positional, kv_cache, query_chunk)
 
         if cfg.remat != "none":
-            layer = jax.checkpoint(layer, policy=REMAT[cfg.remat], prevent_cse=False)
+            layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat]),
+                                   prevent_cse=False)
         x_BTD, new_kv = jax.lax.scan(layer, x_BTD, xs, unroll=cfg.scan_unroll)
 
         x_BTD = self.final_norm(x_BTD)

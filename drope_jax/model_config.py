@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 QK_NORM_KINDS = ("none", "proj", "head")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# config.model.remat -> the jax.checkpoint_policies member each layer is rematerialized with (None: no remat)
+REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_saveable",
+                  "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/attention.py
 
@@ -14,29 +16,45 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key to fix."""
 
 
+def _field(kind: str, default=dataclasses.MISSING):
+    """A ModelConfig field of ``kind``: "shape" (changes parameter shapes), "math" (changes outputs only)
+    or "run" (how this run computes: dtypes, remat, kernels). Every list of model fields derives from these."""
+    return dataclasses.field(default=default, metadata={"kind": kind})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    mlp_dim: int
-    head_dim: int = 0  # 0: d_model // num_heads
-    tie_embeddings: bool = False
-    attention_bias: bool = False  # biases on q, k and v (Qwen2)
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
+    vocab_size: int = _field("shape")
+    d_model: int = _field("shape")
+    num_layers: int = _field("shape")
+    num_heads: int = _field("shape")
+    num_kv_heads: int = _field("shape")
+    mlp_dim: int = _field("shape")
+    head_dim: int = _field("shape", 0)  # 0: d_model // num_heads
+    tie_embeddings: bool = _field("shape", False)
+    attention_bias: bool = _field("shape", False)  # biases on q, k and v (Qwen2)
     # "proj": the official DroPE QK-norm, one RMSNorm over the whole q (and k) projection,
     # before the split into heads. "head": RMSNorm over head_dim, per head.
-    qk_norm: str = "none"
-    param_dtype: str = "float32"
-    compute_dtype: str = "bfloat16"
-    remat: str = "none"
-    scan_unroll: int = 1  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
+    qk_norm: str = _field("shape", "none")
+    rope_theta: float = _field("math", 10000.0)
+    norm_eps: float = _field("math", 1e-5)
+    param_dtype: str = _field("run", "float32")
+    compute_dtype: str = _field("run", "bfloat16")
+    remat: str = _field("run", "none")
+    scan_unroll: int = _field("run", 1)  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
     # "auto": splash on TPU, cuDNN on GPU, XLA elsewhere, by the platform the step is compiled for
-    attention_backend: str = "auto"
-    init_std: float = 0.02
+    attention_backend: str = _field("run", "auto")
+    init_std: float = _field("run", 0.02)
+
+    @classmethod
+    def names(cls, *kinds: str) -> tuple[str, ...]:
+        """The fields of the given kinds ("shape", "math", "run"), in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["kind"] in kinds)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every field that has a default, with it."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     @property
     def dim_per_head(self) -> int:
@@ -73,7 +91,7 @@ class ModelConfig:
                               ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
                               ("attention_backend", ATTENTION_BACKENDS)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {allowed}")
+                raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {tuple(allowed)}")
         return self
 
     def num_params(self, include_embeddings: bool = True) -> int:

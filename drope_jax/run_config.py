@@ -37,11 +37,8 @@ def sibling_config(config_file: str, name: str):
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(dict(
-        vocab_size=257, d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, mlp_dim=512, head_dim=0,
-        tie_embeddings=False, rope_theta=10000.0, norm_eps=1e-5, qk_norm="none",
-        param_dtype="float32", compute_dtype="bfloat16", remat="none", scan_unroll=1, init_std=0.02,
-        attention_backend="auto"))
+    c.model = ml_collections.ConfigDict(dict(  # every ModelConfig field: the schema is written once, there
+        ModelConfig.defaults(), vocab_size=257, d_model=128, num_layers=4, num_heads=4, num_kv_heads=4, mlp_dim=512))
     c.data = ml_collections.ConfigDict(dict(
         source="python_stdlib",  # or "arrayrecord": a directory written by launch/prepare_data.py
         path="",

@@ -402,3 +402,20 @@ def test_remat_policies_match_no_remat():
         got_loss, got_grads = loss_and_grads(dataclasses.replace(base, remat=policy), pos)
         np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
         jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7), got_grads, want_grads)
+
+
+def test_every_model_field_is_a_config_key_and_survives_config_json(tmp_path):
+    """The model schema is ModelConfig's: config.model has every field (attention_bias included), and a run's
+    config.json read back keeps them all."""
+    import json
+
+    from drope_jax.eval_methods import load_run_config
+    from drope_jax.run_config import default_config
+
+    c = default_config()
+    assert set(c.model) == {f.name for f in dataclasses.fields(ModelConfig)}
+    c.model.update(attention_bias=True, qk_norm="proj", rope_theta=5e5)
+    (tmp_path / "config.json").write_text(c.to_json_best_effort())
+    model = ModelConfig.from_dict(dict(load_run_config(tmp_path).model))
+    assert (model.attention_bias, model.qk_norm, model.rope_theta) == (True, "proj", 5e5)
+    assert ModelConfig.names("shape")[-3:] == ("tie_embeddings", "attention_bias", "qk_norm")

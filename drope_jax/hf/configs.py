@@ -131,9 +131,7 @@ def read_source(hf_dir) -> HFSource:
 def model_fields(hf_dir) -> dict:
     """The ``config.model`` fields of a Hugging Face checkpoint, for run configs: ``c.model.update(...)``."""
     fields = read_source(hf_dir).model.to_dict()
-    return {k: fields[k] for k in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim",
-                                   "head_dim", "tie_embeddings", "attention_bias", "rope_theta", "norm_eps",
-                                   "qk_norm")}
+    return {k: fields[k] for k in ModelConfig.names("shape", "math")}
 
 
 def token_ids(hf_dir) -> dict:

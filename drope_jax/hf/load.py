@@ -20,7 +20,8 @@ from drope_jax.model_config import ModelConfig
 from drope_jax.state import model_spec
 
 # Fields of config.model that must equal the checkpoint's (qk_norm is checked on its own).
-MATCHED_FIELDS = tuple(f for f in checkpoint.SHAPE_FIELDS if f != "qk_norm") + ("rope_theta", "norm_eps")
+# What a Hugging Face checkpoint fixes: shapes and math. QK-norm is compared apart (weights may be added).
+MATCHED_FIELDS = tuple(f for f in ModelConfig.names("shape", "math") if f != "qk_norm")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json",
                    "config.json")
