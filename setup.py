@@ -29,6 +29,6 @@ setup(
         "tpu": ["jax[tpu]==0.10.2"],
         "parquet": ["pyarrow>=15"],  # launch/prepare_data.py --format=parquet
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors",
-                 "jax[tpu]==0.10.2", "pyarrow>=15"],
+                 "jax[tpu]==0.10.2", "pyarrow>=15", "ruff==0.17.6"],
     },
 )

@@ -11,9 +11,10 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-from timing import median_ms
 
 from drope_jax.attention import causal_attention
+
+from timing import median_ms
 
 
 def main():

@@ -33,7 +33,8 @@ def main():
     model = LlamaForCausalLM(cfg).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
     n_layers, d = cfg.num_hidden_layers, cfg.hidden_size
-    n_non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    n_non_embedding = sum(p.numel() for n, p in model.named_parameters()
+                          if "embed_tokens" not in n and "lm_head" not in n)
 
     def step(tokens):
         with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -11,12 +11,13 @@ import functools
 
 import jax
 import numpy as np
-from timing import median_ms
 
 from drope_jax import evaluation
 from drope_jax.positions import NOPE, ROPE
 from drope_jax.run_config import load_module
 from drope_jax.train import make_setup
+
+from timing import median_ms
 
 
 def main():

@@ -12,14 +12,15 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import median_ms
 
 from drope_jax import sharding
 from drope_jax.loss import token_nll
 from drope_jax.positions import ROPE
-from drope_jax.step import loss_fn
 from drope_jax.run_config import load_module
+from drope_jax.step import loss_fn
 from drope_jax.train import make_setup
+
+from timing import median_ms
 
 
 def main():

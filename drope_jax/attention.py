@@ -35,8 +35,6 @@ from drope_jax import splash
 from drope_jax.model_config import ATTENTION_BACKENDS
 
 
-
-
 def default_implementation(dtype, *, needs_bias_or_mask: bool = False, platform: str | None = None) -> str:
     """Off TPU: cuDNN on GPU for 16-bit inputs (its only dtypes) without a bias or mask array, XLA otherwise."""
     on_gpu = (platform or jax.devices()[0].platform) == "gpu"

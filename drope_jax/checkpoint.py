@@ -20,8 +20,8 @@ import grain
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from drope_jax.model_config import ConfigError, ModelConfig
 

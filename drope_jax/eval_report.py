@@ -53,14 +53,16 @@ def markdown(results: dict) -> str:
     if results["ppl"]:
         rows = [[name] + [f"{ppl[m]:.3f}" for m in results["lengths"]] for name, ppl in results["ppl"].items()]
         longest = list(results["lengths"].values())[-1]
-        parts += [f"## Held-out perplexity (the same {s['ppl_sequences']} x {longest} held-out tokens at every length)", "",
+        title = f"## Held-out perplexity (the same {s['ppl_sequences']} x {longest} held-out tokens at every length)"
+        parts += [title, "",
                   _table(["method"] + _length_header(results), rows), ""]
     if results["niah"]:
         rows = []
         for name in results["niah"]:
             n = s["niah_samples"] * len(s["depths"])  # prompts pooled over depths
             for task in results["niah"][name]:
-                rows.append([name, task] + [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v in niah_mean(results, name, task).values()
+                means = niah_mean(results, name, task).values()
+                rows.append([name, task] + [f"{v:.2f} [{lo:.2f}, {hi:.2f}]" for v in means
                                             for lo, hi in [niah.wilson_interval(round(v * n), n)]])
             rows.append([name, "**mean**"] + [f"**{v:.2f}**" for v in niah_mean(results, name).values()])
         parts += [f"## NIAH exact-match accuracy (mean over depths {s['depths']}; {s['niah_samples']} prompts per "

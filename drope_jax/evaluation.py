@@ -11,8 +11,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from drope_jax import data, sharding
-from drope_jax.positions import PosEncoding
 from drope_jax.loss import token_nll
+from drope_jax.positions import PosEncoding
 from drope_jax.state import ModelSpec, apply
 
 

@@ -19,7 +19,7 @@ class Faults:
     nonfinite_params_at: tuple[int, ...] = ()
 
     @classmethod
-    def from_config(cls, faults_cfg) -> "Faults | None":
+    def from_config(cls, faults_cfg) -> Faults | None:
         faults = cls(**{k: tuple(v) for k, v in dict(faults_cfg).items()})
         return faults if any(dataclasses.astuple(faults)) else None
 

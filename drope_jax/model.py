@@ -19,6 +19,7 @@ from drope_jax.model_config import REMAT_POLICIES, ModelConfig
 from drope_jax.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
 
+
 def _param(rngs, shape, names, cfg: ModelConfig, init: str = "normal"):
     """A parameter with logical axis names; "normal" draws N(0, init_std), "ones"/"zeros" are constant."""
     dtype = jnp.dtype(cfg.param_dtype)

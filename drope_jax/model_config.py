@@ -61,7 +61,7 @@ class ModelConfig:
         return self.head_dim or self.d_model // self.num_heads
 
     @classmethod
-    def from_dict(cls, fields: dict) -> "ModelConfig":
+    def from_dict(cls, fields: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -71,7 +71,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config.model.{name} must be positive, got {getattr(self, name)}")

@@ -23,7 +23,7 @@ class Watch:
         self._previous = None
         self.stopped_at: int | None = None
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         # With several processes, JAX's own SIGTERM handler feeds the sync service; keep it.
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, lambda *_: self._signalled.set())

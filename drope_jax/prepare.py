@@ -182,7 +182,7 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
         "token_dtype": token_dtype(tok.vocab_size).name,
         "splits": totals, "skipped_documents": skipped,
         "source": {"input": input_glob, "format": fmt, "text_field": text_field, "val_fraction": val_fraction},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if hasattr(tok, "source_dir"):  # keep the tokenizer beside the data, for export and evaluation
         (out_dir / "tokenizer").mkdir(exist_ok=True)

@@ -62,7 +62,8 @@ class Rows:
     def _needs(self, task: str, length: int, depth: float, index: int) -> int:
         """Tokens of a document's needles, query, answer and EOS, and MIN_HAYSTACK of text."""
         g = self.generator
-        return g.room_needed(task, length, depth, index) + g.answer_tokens(task, length, depth, index) + 1 + MIN_HAYSTACK
+        answer = g.answer_tokens(task, length, depth, index)
+        return g.room_needed(task, length, depth, index) + answer + 1 + MIN_HAYSTACK
 
     def document(self, length: int, rng: np.random.Generator) -> Document:
         """One document of exactly ``length`` tokens: a NIAH prompt, its correct answer and EOS."""

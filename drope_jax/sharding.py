@@ -12,7 +12,8 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from drope_jax.model_config import ConfigError
 
@@ -50,8 +51,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None,
         devices = jax.devices()
         if num_devices != -1:
             if not 0 < num_devices <= len(devices) or jax.process_count() > 1:
-                raise ConfigError(f"config.mesh.num_devices={num_devices}: use -1 (all devices) or 1..{len(devices)}"
-                                  f"{'; a run of several processes uses all devices' if jax.process_count() > 1 else ''}")
+                several = "; a run of several processes uses all devices" if jax.process_count() > 1 else ""
+                raise ConfigError(f"config.mesh.num_devices={num_devices}: use -1 (all devices) or "
+                                  f"1..{len(devices)}{several}")
             devices = devices[:num_devices]
     devices = list(devices)
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}

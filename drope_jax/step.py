@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from drope_jax import sharding
-from drope_jax.positions import PosEncoding
 from drope_jax.loss import token_nll
+from drope_jax.positions import PosEncoding
 from drope_jax.state import ModelSpec, apply
 
 

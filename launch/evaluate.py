@@ -58,7 +58,8 @@ def main(argv):
             methods=tuple(parse_methods(_METHODS.value)), lengths=tuple(int(m) for m in _LENGTHS.value),
             tasks=tuple(_TASKS.value), niah_tasks=tuple(_NIAH_TASKS.value),
             depths=tuple(float(d) for d in _DEPTHS.value), niah_samples=_SAMPLES.value,
-            ppl_sequences=_SEQUENCES.value, batch_size=_BATCH.value, query_chunk=_default_chunk() if _CHUNK.value is None else _CHUNK.value,
+            ppl_sequences=_SEQUENCES.value, batch_size=_BATCH.value,
+            query_chunk=_default_chunk() if _CHUNK.value is None else _CHUNK.value,
             template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value)
         run = Run(_WORKDIR.value, config=_CONFIG.value, step=_STEP.value, init_from=_INIT_FROM.value)
         results = eval_suite.evaluate(run, settings)

@@ -202,7 +202,8 @@ def test_parquet_rows_are_documents(tmp_path):
 
 class _HeldOut(data.Corpus):
     def __init__(self, lengths):
-        self.path, self.docs = "held_out", [np.arange(100 * i, 100 * i + n, dtype=np.int32) for i, n in enumerate(lengths)]
+        self.path = "held_out"
+        self.docs = [np.arange(100 * i, 100 * i + n, dtype=np.int32) for i, n in enumerate(lengths)]
 
     def documents(self, split):
         return grain.MapDataset.source(self.docs)

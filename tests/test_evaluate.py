@@ -226,11 +226,13 @@ def test_equal_cells_are_computed_once(runs, monkeypatch):
     unscaled RoPE; the same run named twice is the same weights."""
     forwards, decodes = [], []
     position_nll, answer_and_score = eval_suite.evaluation.position_nll, eval_suite.answer_and_score
-    monkeypatch.setattr(eval_suite.evaluation, "position_nll", lambda *a, **k: forwards.append(a[3]) or position_nll(*a, **k))
-    monkeypatch.setattr(eval_suite, "answer_and_score", lambda *a, **k: decodes.append(a[2]) or answer_and_score(*a, **k))
+    monkeypatch.setattr(eval_suite.evaluation, "position_nll",
+                        lambda *a, **k: forwards.append(a[3]) or position_nll(*a, **k))
+    monkeypatch.setattr(eval_suite, "answer_and_score",
+                        lambda *a, **k: decodes.append(a[2]) or answer_and_score(*a, **k))
     run = Run(runs / "drope")
-    results = eval_suite.evaluate(run, _settings(methods=tuple(parse_methods("rope,pi")), lengths=(1, 2), tasks=("ppl",)),
-                                  log=lambda _: None)
+    settings = _settings(methods=tuple(parse_methods("rope,pi")), lengths=(1, 2), tasks=("ppl",))
+    results = eval_suite.evaluate(run, settings, log=lambda _: None)
     assert [p.scaling for p in forwards] == ["none", "none", "linear"]  # rope 1x and 2x, then pi at 2x only
     assert results["ppl"]["pi"]["1"] == results["ppl"]["rope"]["1"] != results["ppl"]["pi"]["2"]
     twice = tuple(parse_methods(f"rope,rope@{runs / 'drope'}"))

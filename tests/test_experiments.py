@@ -82,7 +82,8 @@ def test_round3_gate_and_readings_from_evaluation_results(tmp_path):
         (tmp_path / "eval" / folder).mkdir(parents=True)
         (tmp_path / "eval" / folder / "results.json").write_text(json.dumps(_results(ppl, accuracy)))
     table, settings = report.load(tmp_path)
-    assert table["DroPE 25%"]["niah"]["2"] == (34 * 12, 576)  # 0.7 of 48 prompts is 34 per cell, 12 cells and set(table) == {"RoPE", "YaRN", "DroPE 25%", "NoPE"}
+    assert table["DroPE 25%"]["niah"]["2"] == (34 * 12, 576)  # 0.7 of 48 prompts is 34 per cell, 12 cells
+    assert set(table) == {"RoPE", "YaRN", "DroPE 25%", "NoPE"}
     found = {(number, text.split(":")[0]): verdict for number, text, verdict in report.readings(table)}
     assert found[("1", "DroPE 25% 1x perplexity 3.050 vs RoPE 3.000")] == "holds"  # +1.7%
     assert found[("2", "NIAH 2x")] == "fails" and found[("2", "NIAH 4x")] == "holds"  # 0.70 vs 0.66 overlap at n=576

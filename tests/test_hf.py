@@ -171,7 +171,8 @@ def random_params(cfg: ModelConfig, seed=0) -> dict:
         return (base + scale * rng.standard_normal(x.shape)).astype(x.dtype)
 
     host = jax.tree_util.tree_map_with_path(draw, state.model_spec(cfg).abstract_params)
-    return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), host, load.placed_abstract(cfg, sharding.make_mesh()))
+    placed = load.placed_abstract(cfg, sharding.make_mesh())
+    return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), host, placed)
 
 
 def write_workdir(workdir, cfg, params, *, phase, qk_norm_at_flip=False, step=7):

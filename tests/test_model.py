@@ -107,7 +107,7 @@ def reference_forward(cfg, params, tokens, rope: bool, use_qk_norm: bool = True)
     b, t, _ = x.shape
     mask = np.tril(np.ones((t, t), bool))
     for layer in range(cfg.num_layers):
-        lp = jax.tree.map(lambda a: a[layer], p["blocks"])
+        lp = jax.tree.map(lambda a, layer=layer: a[layer], p["blocks"])
         a = lp["attn"]
         y = _rms(x, lp["attn_norm"]["weight"], eps)
         q = np.einsum("btd,dnh->btnh", y, a["q_DNH"])
@@ -407,7 +407,6 @@ def test_remat_policies_match_no_remat():
 def test_every_model_field_is_a_config_key_and_survives_config_json(tmp_path):
     """The model schema is ModelConfig's: config.model has every field (attention_bias included), and a run's
     config.json read back keeps them all."""
-    import json
 
     from drope_jax.eval_methods import load_run_config
     from drope_jax.run_config import default_config

@@ -177,8 +177,9 @@ def test_qk_norm_gains_switched_on_at_the_flip_take_a_first_step_of_the_lr(own_g
     if own_group:  # the flip with carried moments restarts the gains' group; without it there is none to restart
         opt_state = optim.restart_moments(tx, opt_state, params, everything=False)
     updates, _ = tx.update(grads(10**6, True), opt_state, params)
-    gain_steps = np.concatenate([np.abs(np.asarray(u)).ravel() for path, u in
-                                 jax.tree_util.tree_flatten_with_path(updates)[0] if is_gain(jax.tree_util.keystr(path))])
+    leaves = jax.tree_util.tree_flatten_with_path(updates)[0]
+    gain_steps = np.concatenate([np.abs(np.asarray(u)).ravel() for path, u in leaves
+                                 if is_gain(jax.tree_util.keystr(path))])
     if own_group:
         np.testing.assert_allclose(gain_steps, 1.0, rtol=1e-3)
     else:  # (1 - 0.9) / sqrt((1 - 0.999) / (1 - 0.999**2801)): the oversized step the group prevents

@@ -12,8 +12,19 @@ from flax import nnx
 
 from drope_jax import attention, sharding, state
 from drope_jax.model_config import ConfigError, ModelConfig
-from drope_jax.positions import (NOPE, ROPE, PosEncoding, alibi_slopes, encode, ntk_theta, query_scale, rope_inv_freq,
-                                 scaled_inv_freq, yarn_attention_factor, yarn_inv_freq)
+from drope_jax.positions import (
+    NOPE,
+    ROPE,
+    PosEncoding,
+    alibi_slopes,
+    encode,
+    ntk_theta,
+    query_scale,
+    rope_inv_freq,
+    scaled_inv_freq,
+    yarn_attention_factor,
+    yarn_inv_freq,
+)
 from drope_jax.run_config import default_config, make_plan
 
 
@@ -206,7 +217,7 @@ def _layer_by_layer(spec, params, tokens, per_layer):
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     graphdef, layers = nnx.split(model.blocks)
     for i, pos in enumerate(per_layer):
-        block = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], layers))
+        block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], layers))
         x, _ = block(x, positions, None, pos, True)
     return model.final_norm(x) @ model.lm_head_DV[...]
 

@@ -63,7 +63,7 @@ def test_model_with_splash_equals_model_with_xla():
     windowed = PosEncoding("rope", nope_every=2, window=40)  # a traced per-layer window flag: lax.cond of two calls
     with jax.set_mesh(mesh):
         for pos in (NOPE, windowed):
-            got = jax.jit(lambda p, t: state.apply(spec_splash, p, t, pos))(params, tokens)
+            got = jax.jit(lambda p, t, pos=pos: state.apply(spec_splash, p, t, pos))(params, tokens)
             np.testing.assert_allclose(got, state.apply(spec_xla, params, tokens, pos), atol=1e-4)
 
 

@@ -80,7 +80,7 @@ def plot_in_training_ppl(arms: dict, path: pathlib.Path) -> None:
 
 
 def claims(main: dict, ruler: dict) -> str:
-    ppl, niah = main["ppl"], main["niah"]
+    ppl = main["ppl"]
     lines = ["| method | " + " | ".join(f"ppl {m}x" for m in main["lengths"]) + " | " +
              " | ".join(f"NIAH {m}x (code / RULER)" for m in ("1", "2", "4")) + " |",
              "|---" * (1 + len(main["lengths"]) + 3) + "|"]

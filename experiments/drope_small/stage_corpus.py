@@ -6,9 +6,10 @@ Walks the Python installation's site-packages and standard library, and writes e
 source files (.py, .pyi, C/C++/CUDA sources and headers, .md/.rst docs) as one JSONL document, the
 files separated by a "# file: <path>" line, so that a long context holds related code (a package's
 modules import and call each other). Directories larger than --doc_mb are cut into several
-documents; no top-level package gives more than --package_mb. Writes DIR/corpus/*.jsonl and trains a byte-level BPE tokenizer on a sample of it with
-the `tokenizers` library into DIR/tokenizer/tokenizer.json (or copies --tokenizer: the one committed
-beside this file, trained so on the GPU machine, makes the token ids of docs/reproduction.md).
+documents; no top-level package gives more than --package_mb. Writes DIR/corpus/*.jsonl and trains a
+byte-level BPE tokenizer on a sample of it with the `tokenizers` library into DIR/tokenizer/tokenizer.json
+(or copies --tokenizer: the one committed beside this file, trained so on the GPU machine, makes the token
+ids of docs/reproduction.md).
 Deterministic for a given installation.
 """
 

@@ -75,7 +75,8 @@ def qk_gains(workdir: pathlib.Path) -> dict:
     import numpy as np
     import orbax.checkpoint as ocp
     step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    attn = ocp.PyTreeCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"))["params"]["blocks"]["attn"]
+    state = ocp.PyTreeCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"))
+    attn = state["params"]["blocks"]["attn"]
     return {name: {"mean_abs": np.abs(np.asarray(attn[name]["weight"])).mean(axis=-1).round(3).tolist(),
                    "max_abs": np.abs(np.asarray(attn[name]["weight"])).max(axis=-1).round(3).tolist()}
             for name in ("q_norm", "k_norm")}

@@ -55,7 +55,8 @@ def get_config(spec: str = "rope"):
         c.positions.kind = "alibi"
     elif arm == "rnope_swa":
         c.positions.update(nope_every=4, window=256)
-    c.checkpoint.update(every_steps=total // 8, keep=1, keep_steps=tuple(sorted(set(flips.values()))) if arm == "rope" else ())
+    branch_points = tuple(sorted(set(flips.values()))) if arm == "rope" else ()
+    c.checkpoint.update(every_steps=total // 8, keep=1, keep_steps=branch_points)
     c.log.every_steps = max(total // 48, 1)
     c.eval.update(lengths=(1,), num_sequences=16, batch_size=16, every_steps=0)  # the full evaluation: run.sh
     return c

@@ -100,7 +100,8 @@ def readings(table) -> list[tuple[str, str, str]]:
         for other in ("NoPE", "ALiBi", "RNoPE-SWA"):
             if DROPE in table and other in table:
                 out.append(("2", f"NIAH {length}x: {DROPE} {interval(table[DROPE]['niah'][length])} vs {other} "
-                                 f"{interval(table[other]['niah'][length])}", verdict(beats(table, DROPE, other, length))))
+                                 f"{interval(table[other]['niah'][length])}",
+                            verdict(beats(table, DROPE, other, length))))
     # 3. DroPE beats PI, NTK and YaRN at 2x (NIAH beyond the intervals; perplexity beside it)
     for other in ("PI", "NTK", "YaRN"):
         if DROPE in table and other in table:

@@ -52,9 +52,10 @@ def test_a_corrupt_checkpoint_is_named_and_skipped_only_when_asked(tmp_path, ref
     largest.write_bytes(largest.read_bytes()[:1000])  # truncated
     before = harness.snapshot(workdir / "checkpoints")
     config = harness.config(train=dict(stop_at_step=10))
-    with pytest.raises(resume.Unreadable, match=r"checkpoint .*/checkpoints/10 cannot be read \(ValueError: .*"
-                                                r"Error reading .* at local file .*/10/state/.*fallback_on_corrupt=true "
-                                                r"to resume from step 8"):
+    with pytest.raises(resume.Unreadable, match=r"checkpoint .*/checkpoints/10 cannot be read "
+                                                r"\(ValueError: .*"
+                                                r"Error reading .* at local file .*/10/state/.*"
+                                                r"fallback_on_corrupt=true to resume from step 8"):
         train.run(config, workdir)
     assert harness.snapshot(workdir / "checkpoints") == before
 
