@@ -25,7 +25,7 @@ def synthetic_corpus(out: pathlib.Path, total_tokens: int, vocab: int = 49152) -
     shards, written = [], 0
     for i, chunk in enumerate(np.array_split(lengths, 8)):
         records = [rng.integers(0, vocab, n, dtype=np.uint16).tobytes() for n in chunk]
-        prepare._write_shard(out / f"train-{i:05d}.array_record", records)
+        prepare.write_shard(out / f"train-{i:05d}.array_record", records)
         shards.append(f"train-{i:05d}.array_record")
         written += int(chunk.sum())
     meta = {"format": "drope_jax.tokenized.v1", "tokenizer": "synthetic", "vocab_size": vocab, "eos_id": 0,

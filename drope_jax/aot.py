@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from drope_jax import metrics, sharding
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.tpu import TpuSlice
 from drope_jax.train import make_setup
 

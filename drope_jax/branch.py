@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from drope_jax import checkpoint
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.run_config import Plan, default_config
 
 CONTROL_DIR = "rope_control"

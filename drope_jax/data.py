@@ -23,7 +23,7 @@ import grain
 import numpy as np
 
 from drope_jax import prepare, retrieval
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 SOURCES = ("arrayrecord", "python_stdlib")

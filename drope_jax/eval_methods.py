@@ -22,7 +22,8 @@ import jax
 import ml_collections
 
 from drope_jax import branch, checkpoint, sharding
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.errors import ConfigError
+from drope_jax.model_config import ModelConfig
 from drope_jax.positions import NOPE, PosEncoding
 from drope_jax.run_config import default_config, make_plan
 from drope_jax.state import model_spec

@@ -89,7 +89,7 @@ def plot_perplexity(results: dict, path) -> pathlib.Path:
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_loss_by_position(results: dict, path) -> pathlib.Path:
@@ -105,7 +105,7 @@ def plot_loss_by_position(results: dict, path) -> pathlib.Path:
     ax.set(xlabel="position (tokens)", ylabel="mean next-token NLL (nats)",
            title=f"Loss by position at {longest}x (dotted: training context)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_niah(results: dict, path) -> pathlib.Path:
@@ -134,10 +134,11 @@ def plot_niah(results: dict, path) -> pathlib.Path:
             if j == 0:
                 ax.set_ylabel(f"{name}\ndepth", fontsize=7)
     fig.suptitle("NIAH exact-match accuracy: depth x length", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> pathlib.Path:
+def save_figure(fig, path) -> pathlib.Path:
+    """Lays out, writes and closes a matplotlib figure."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, dpi=110)

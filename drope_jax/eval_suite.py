@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from drope_jax import data, decode, evaluation, niah
+from drope_jax.errors import ConfigError
 from drope_jax.eval_methods import Run, method_pos, method_weights
-from drope_jax.model_config import ConfigError
 
 PPL_TASK, NIAH_TASK = "ppl", "niah"
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from drope_jax.errors import ConfigError
+
 QK_NORM_KINDS = ("none", "proj", "head")
 # config.model.remat -> the jax.checkpoint_policies member each layer is rematerialized with (None: no remat)
 REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_saveable",
                   "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/attention.py
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key to fix."""
 
 
 def _field(kind: str, default=dataclasses.MISSING):

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 TASKS = ("passkey", "multikey", "multivalue", "multiquery")
 SNAP = 32  # a needle moves at most this many tokens from its depth, to the nearest word boundary

@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.tokenizer import load_tokenizer, token_dtype
 
 FORMATS = ("text", "jsonl", "parquet")
@@ -73,7 +73,8 @@ def _read_utf8(path: str) -> str:
         raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}); convert it or leave it out of --input") from None
 
 
-def _write_shard(path: pathlib.Path, records: list[bytes]) -> None:
+def write_shard(path: pathlib.Path, records: list[bytes]) -> None:
+    """One ArrayRecord shard of ``records``, written under a temporary name and renamed when complete."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     tmp = path.with_name(path.name + ".tmp")
@@ -112,7 +113,7 @@ def _prepare_shard(job) -> dict:
     for split, recs in records.items():
         if recs:
             name = f"{split}-{index:05d}.array_record"
-            _write_shard(pathlib.Path(out) / name, recs)
+            write_shard(pathlib.Path(out) / name, recs)
             stats["shards"][split] = name
     return stats
 

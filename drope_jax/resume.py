@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from drope_jax.checkpoint import Checkpointer, check_same_model
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.run_config import Plan
 
 

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 
 from drope_jax import niah
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 MIN_HAYSTACK = 16  # text tokens a generated document holds at least, beside its needles, query and answer
 HAYSTACK_TOKENS = 1 << 20  # training tokens kept in memory to cut haystacks from

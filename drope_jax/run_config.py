@@ -16,7 +16,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from drope_jax import niah, retrieval
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.errors import ConfigError
+from drope_jax.model_config import ModelConfig
 from drope_jax.optim import SCHEDULES, Recal, decay_start, recal_schedule
 from drope_jax.positions import NOPE, ROPE, PosEncoding
 

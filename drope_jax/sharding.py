@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 # Names that tokenizers commonly give their end-of-document token, most specific first.
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import re
 
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 # 3D tori (v4, v5p): TensorCores -> chip grid; hosts of 2x2x1 chips.
 _CUBE_SHAPES = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4", 256: "4x4x8", 512: "4x8x8",

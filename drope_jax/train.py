@@ -16,8 +16,8 @@ from typing import Any
 import jax
 
 from drope_jax import branch, checkpoint, data, evaluation, metrics, optim, preemption, resume, retrieval, sharding
+from drope_jax.errors import ConfigError
 from drope_jax.faults import Faults
-from drope_jax.model_config import ConfigError
 from drope_jax.positions import NOPE
 from drope_jax.run_config import Plan, make_plan
 from drope_jax.state import count_params, init_params, model_spec

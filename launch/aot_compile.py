@@ -21,8 +21,8 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from drope_jax import aot, tpu  # noqa: E402
+from drope_jax.errors import ConfigError  # noqa: E402
 from drope_jax.launch_utils import parse_flags_or_exit  # noqa: E402
-from drope_jax.model_config import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/0p5b_16b.py", "Run config file.")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "TPU slice, e.g. v4-8, v5e-8, v5p-64, v6e-8.")

@@ -18,8 +18,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from drope_jax import distributed, metrics, sharding
+from drope_jax.errors import ConfigError
 from drope_jax.launch_utils import parse_flags_or_exit
-from drope_jax.model_config import ConfigError
 from drope_jax.train import make_setup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/0p5b_16b.py", "Run config file.")

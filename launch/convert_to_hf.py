@@ -12,9 +12,9 @@ import sys
 
 from absl import app, flags, logging
 
+from drope_jax.errors import ConfigError
 from drope_jax.hf import export_checkpoint
 from drope_jax.launch_utils import parse_flags_or_exit
-from drope_jax.model_config import ConfigError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (holds checkpoints/).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory for the Hugging Face checkpoint.", required=True)

@@ -19,9 +19,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from drope_jax import distributed, eval_report, eval_suite, niah
+from drope_jax.errors import ConfigError
 from drope_jax.eval_methods import Run, parse_methods
 from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
-from drope_jax.model_config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (default: WORKDIR/config.json).")
 _CACHE = define_compilation_cache_flag()

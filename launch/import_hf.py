@@ -12,9 +12,9 @@ import sys
 
 from absl import app, flags, logging
 
+from drope_jax.errors import ConfigError
 from drope_jax.hf import import_to_workdir
 from drope_jax.launch_utils import parse_flags_or_exit
-from drope_jax.model_config import ConfigError
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Local Hugging Face checkpoint directory.", required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "New workdir for the Orbax checkpoint.", required=True)

@@ -12,8 +12,8 @@ import sys
 from absl import app, flags
 
 from drope_jax import prepare
+from drope_jax.errors import ConfigError
 from drope_jax.launch_utils import parse_flags_or_exit
-from drope_jax.model_config import ConfigError
 
 _INPUT = flags.DEFINE_string("input", None, "Glob of input files (quote it; ** recurses).", required=True)
 _FORMAT = flags.DEFINE_enum("format", "text", list(prepare.FORMATS), "text: one document per file; jsonl: one "

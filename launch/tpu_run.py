@@ -13,8 +13,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from drope_jax import checkpoint, distributed, train
+from drope_jax.errors import ConfigError
 from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
-from drope_jax.model_config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Run config file.")
 _CACHE = define_compilation_cache_flag()

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from drope_jax import tpu
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.run_config import load_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from drope_jax import checkpoint, eval_suite, train
+from drope_jax.errors import ConfigError
 from drope_jax.eval_methods import Run, parse_methods
-from drope_jax.model_config import ConfigError
 
 from test_train import read_metrics, tiny_config
 

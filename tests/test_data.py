@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from drope_jax import data, prepare, train
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.tokenizer import ByteTokenizer
 
 from test_train import tiny_config
@@ -225,3 +225,14 @@ def test_shorter_lengths_cut_the_same_text_as_the_longest():
     for m in (1, 2):  # every target token of the longest rows, in order, and nothing else
         targets = rows[m][:, 1:].reshape(3, -1)
         np.testing.assert_array_equal(targets, rows[8][:, 1:])
+
+
+def test_the_data_part_imports_nothing_of_model_train_or_eval():
+    import subprocess
+    import sys
+
+    code = ("import sys, drope_jax.data, drope_jax.prepare, drope_jax.retrieval; "
+            "print(sorted(m for m in sys.modules if m.startswith('drope_jax.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(loaded) == ["drope_jax.data", "drope_jax.errors", "drope_jax.niah", "drope_jax.prepare",
+                            "drope_jax.retrieval", "drope_jax.tokenizer"]

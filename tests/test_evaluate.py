@@ -11,8 +11,9 @@ import optax
 import pytest
 
 from drope_jax import data, eval_methods, eval_report, eval_suite, evaluation, loss, niah, sharding, state, train
+from drope_jax.errors import ConfigError
 from drope_jax.eval_methods import Run, parse_methods
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.model_config import ModelConfig
 from drope_jax.positions import ROPE, PosEncoding
 
 from test_train import read_metrics, tiny_config

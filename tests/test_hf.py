@@ -27,8 +27,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from drope_jax import checkpoint, hf, sharding, state, train
+from drope_jax.errors import ConfigError
 from drope_jax.hf import configs, load, modeling_drope
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.model_config import ModelConfig
 from drope_jax.positions import NOPE, ROPE
 from drope_jax.run_config import default_config, make_plan
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from drope_jax import loss, sharding, state
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.errors import ConfigError
+from drope_jax.model_config import ModelConfig
 from drope_jax.positions import NOPE, ROPE, apply_rope, rope_inv_freq
 
 SMALL = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,

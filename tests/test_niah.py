@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from drope_jax import niah
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()

@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from drope_jax import attention, sharding, state
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.errors import ConfigError
+from drope_jax.model_config import ModelConfig
 from drope_jax.positions import (
     NOPE,
     ROPE,

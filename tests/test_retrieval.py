@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from drope_jax import data, niah, retrieval, run_config
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 from test_data import numbered_documents, take

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from drope_jax import attention, sharding, splash, state
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.errors import ConfigError
+from drope_jax.model_config import ModelConfig
 from drope_jax.positions import NOPE, PosEncoding
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from drope_jax import checkpoint, train
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 from drope_jax.run_config import default_config, make_plan
 
 

@@ -10,7 +10,8 @@ import dataclasses
 import json
 import pathlib
 
-from drope_jax.model_config import ConfigError, ModelConfig
+from drope_jax.errors import ConfigError
+from drope_jax.model_config import ModelConfig
 
 # model_type -> (what it covers, defaults of the keys that save_pretrained may omit)
 _LLAMA = dict(tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0)

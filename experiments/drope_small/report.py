@@ -62,7 +62,7 @@ def plot_training(arms: dict, path: pathlib.Path) -> None:
     full.set(title="Training loss (dotted: the flip to NoPE)", ylim=(1.4, 3.0))
     zoom.set(title="Around the flip", xlim=(flip - 400, total), ylim=(1.4, 3.4))
     full.legend(fontsize=8)
-    eval_report._save(fig, path)
+    eval_report.save_figure(fig, path)
 
 
 def plot_in_training_ppl(arms: dict, path: pathlib.Path) -> None:
@@ -76,7 +76,7 @@ def plot_in_training_ppl(arms: dict, path: pathlib.Path) -> None:
         ax.set(xlabel="step", ylabel="held-out perplexity", yscale="log",
                title=f"Held-out perplexity at {multiple} the context, during training")
     axes[0].legend(fontsize=8)
-    eval_report._save(fig, path)
+    eval_report.save_figure(fig, path)
 
 
 def claims(main: dict, ruler: dict) -> str:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from drope_jax import train
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 import harness
 

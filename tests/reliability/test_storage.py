@@ -6,7 +6,7 @@ import time
 import pytest
 
 from drope_jax import resume, train
-from drope_jax.model_config import ConfigError
+from drope_jax.errors import ConfigError
 
 import harness
 
