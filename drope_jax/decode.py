@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from drope_jax.loss import token_nll
 from drope_jax.model_config import ModelConfig
-from drope_jax.positions import PosEncoding
+from drope_jax.positions import PosEncoding, as_data
 from drope_jax.state import ModelSpec, apply
 
 
@@ -25,8 +25,6 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "length": jnp.zeros((), jnp.int32)}
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "pos", "max_new_tokens", "use_qk_norm", "query_chunk",
-                                             "return_logits"))
 def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max_new_tokens: int,
                     use_qk_norm: bool = True, query_chunk: int | None = None, return_logits: bool = False,
                     teacher_BA=None):
@@ -36,10 +34,21 @@ def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max
     ``teacher_BA`` (A = M - 1 tokens, e.g. the correct answers, padded): the prefill also reads them after
     the prompt, and the call returns ``(tokens, nll_BA)``, the next-token NLL of each teacher token given
     the prompt and the teacher tokens before it. Decoding then starts from the prompt alone: the teacher's
-    keys beyond the current position are masked, and overwritten as tokens are generated."""
+    keys beyond the current position are masked, and overwritten as tokens are generated. RoPE scalings
+    share one compiled program (``positions.as_data``)."""
+    pos, rope_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
+    return _generate(params, prompt_BP, rope_table, teacher_BA, spec=spec, pos=pos, max_new_tokens=max_new_tokens,
+                     use_qk_norm=use_qk_norm, query_chunk=query_chunk, return_logits=return_logits)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "pos", "max_new_tokens", "use_qk_norm", "query_chunk",
+                                             "return_logits"))
+def _generate(params, prompt_BP, rope_table, teacher_BA, *, spec, pos, max_new_tokens, use_qk_norm, query_chunk,
+              return_logits):
     b, p = prompt_BP.shape
     cache = init_cache(spec.cfg, b, p + max_new_tokens - 1)
-    run = functools.partial(apply, spec, params, pos=pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
+    run = functools.partial(apply, spec, params, pos=pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk,
+                            rope_table=rope_table)
     if teacher_BA is None:
         logits_BPV, cache = run(prompt_BP, cache=cache)
         first_logits_BV = logits_BPV[:, -1].astype(jnp.float32)

@@ -12,13 +12,15 @@ from jax.experimental import multihost_utils
 
 from drope_jax import data, sharding
 from drope_jax.loss import token_nll
-from drope_jax.positions import PosEncoding
+from drope_jax.positions import PosEncoding, as_data
 from drope_jax.state import ModelSpec, apply
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm", "query_chunk"))
-def _nll(params, tokens_BT1, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool, query_chunk: int | None):
-    logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
+def _nll(params, tokens_BT1, rope_table, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool,
+         query_chunk: int | None):
+    logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk,
+                       rope_table=rope_table)
     return token_nll(logits_BTV, tokens_BT1[:, 1:])
 
 
@@ -48,9 +50,10 @@ def row_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding
             batch_size: int = 4, query_chunk: int | None = None, mesh=None) -> np.ndarray:
     """Next-token NLL [N, T] of each row of ``sequences_NT1`` (rows of T + 1 tokens): entry t scores token t + 1.
     ``query_chunk`` bounds attention memory for long rows (see attention.py); with ``mesh`` each batch is
-    split over its devices (``batch_size`` a multiple of their number)."""
+    split over its devices (``batch_size`` a multiple of their number). RoPE scalings share one program."""
+    pos, rope_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
     return np.concatenate([
-        to_host(_nll(params, place(batch, mesh), spec=spec, pos=pos, use_qk_norm=use_qk_norm,
+        to_host(_nll(params, place(batch, mesh), rope_table, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
                      query_chunk=query_chunk)).astype(np.float64)[:real]
         for batch, real in full_batches(sequences_NT1, batch_size)])
 

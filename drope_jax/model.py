@@ -65,7 +65,7 @@ class Attention(nnx.Module):
         return norm(x_BTNH.reshape(b, t, n * h)).reshape(b, t, n, h)
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
-                 kv_cache=None, query_chunk=None):
+                 kv_cache=None, query_chunk=None, rope_table=None):
         """``positional``: whether this layer applies ``pos.kind`` (a bool, or traced under the scan).
         ``kv_cache``: (k_BSKH, v_BSKH, index): this call's keys and values are written at ``index`` and
         the queries attend to the whole cache; the updated (k, v) is returned beside the output."""
@@ -80,12 +80,13 @@ class Attention(nnx.Module):
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
         theta = self.cfg.rope_theta
-        q_BTNH = encode(pos, q_BTNH, positions_BT, theta, positional)
+        q_BTNH = encode(pos, q_BTNH, positions_BT, theta, positional, rope_table)
         scale_BT = query_scale(pos, positions_BT)
         if scale_BT is not None:
             q_BTNH = (q_BTNH * jnp.asarray(scale_BT, jnp.float32)[..., None, None]).astype(dt)
         q_BTNH = constrain(q_BTNH, ("batch", "seq", "act_heads", None))
-        k_BSKH = constrain(encode(pos, k_BTKH, positions_BT, theta, positional), ("batch", "seq", "act_kv_heads", None))
+        k_BSKH = constrain(encode(pos, k_BTKH, positions_BT, theta, positional, rope_table),
+                           ("batch", "seq", "act_kv_heads", None))
         v_BSKH, q_offset = v_BTKH, None
         if kv_cache is not None:
             k_cache, v_cache, q_offset = kv_cache
@@ -137,9 +138,9 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
-                 kv_cache=None, query_chunk=None):
+                 kv_cache=None, query_chunk=None, rope_table=None):
         attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                     positional, kv_cache, query_chunk)
+                                     positional, kv_cache, query_chunk, rope_table)
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
         return constrain(x_BTD, ("batch", "seq", "act_embed")), new_kv
@@ -161,14 +162,16 @@ class Transformer(nnx.Module):
             self.lm_head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
     def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, segment_ids_BT=None,
-                 use_qk_norm: bool = True, cache: dict | None = None, query_chunk: int | None = None):
+                 use_qk_norm: bool = True, cache: dict | None = None, query_chunk: int | None = None,
+                 rope_table=None):
         """Logits [B, T, V] in the compute dtype; with ``cache``, (logits, updated cache).
 
         ``positions_BT`` defaults to 0..T-1 in every row (with a cache: from its length on);
         ``segment_ids_BT`` confines attention to each packed document. ``use_qk_norm=False`` skips
         QK-norm weights that exist but are not yet switched on (a run that adds QK-norm at the flip).
         ``cache`` is ``{"k": [L, B, S, K, H], "v": [L, B, S, K, H], "length": int32}`` (see
-        ``drope_jax.decode``). ``query_chunk`` bounds attention memory for long inputs (see attention.py)."""
+        ``drope_jax.decode``). ``query_chunk`` bounds attention memory for long inputs (see attention.py).
+        ``rope_table``: RoPE's frequencies as data (``positions.as_data``), so scalings share a program."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         start = 0 if cache is None else cache["length"]
@@ -191,7 +194,7 @@ class Transformer(nnx.Module):
             kv_cache = None if cache is None else (xs["k"], xs["v"], start)
             positional = xs["positional"] if not uniform else bool(positional_L[0])
             return nnx.merge(graphdef, xs["layer"])(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                                    positional, kv_cache, query_chunk)
+                                                    positional, kv_cache, query_chunk, rope_table)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat]),

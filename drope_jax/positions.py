@@ -89,9 +89,10 @@ ROPE = PosEncoding("rope")
 NOPE = PosEncoding("nope")
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> jnp.ndarray:
-    """Hugging Face Llama's inverse frequencies: theta^(-2i/head_dim), shape [head_dim // 2]."""
-    return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """Hugging Face Llama's inverse frequencies: theta^(-2i/head_dim), float32 [head_dim // 2]. The tables
+    are NumPy: constants under jit, and data (``as_data``) without compiling anything to compute them."""
+    return (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))))
 
 
 def ntk_theta(theta: float, head_dim: int, factor: float) -> float:
@@ -106,7 +107,7 @@ def yarn_attention_factor(factor: float) -> float:
 
 
 def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_length: int,
-                  beta_fast: float = 32.0, beta_slow: float = 1.0) -> jnp.ndarray:
+                  beta_fast: float = 32.0, beta_slow: float = 1.0) -> np.ndarray:
     """YaRN ("NTK-by-parts"): dimensions that rotate more than beta_fast times over the original context
     keep their frequency, those rotating fewer than beta_slow times are interpolated by ``factor``,
     with a linear ramp between (transformers' ``_compute_yarn_parameters``, truncate=True)."""
@@ -117,15 +118,15 @@ def yarn_inv_freq(head_dim: int, theta: float, factor: float, original_length: i
     high = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
     if low == high:
         high += 0.001  # as transformers: avoids a division by zero
-    ramp_F = jnp.clip((jnp.arange(head_dim // 2, dtype=jnp.float32) - low) / (high - low), 0.0, 1.0)
+    ramp_F = np.clip((np.arange(head_dim // 2, dtype=np.float32) - low) / np.float32(high - low), 0, 1)
     extrapolated_F = rope_inv_freq(head_dim, theta)
-    return extrapolated_F / factor * ramp_F + extrapolated_F * (1.0 - ramp_F)
+    return (extrapolated_F / np.float32(factor) * ramp_F + extrapolated_F * (1 - ramp_F)).astype(np.float32)
 
 
-def scaled_inv_freq(pos: PosEncoding, head_dim: int, theta: float) -> tuple[jnp.ndarray, float]:
+def scaled_inv_freq(pos: PosEncoding, head_dim: int, theta: float) -> tuple[np.ndarray, float]:
     """The RoPE inverse frequencies [head_dim // 2] and the factor on cos/sin for ``pos.scaling``."""
     if pos.scaling == "linear":
-        return rope_inv_freq(head_dim, theta) / pos.factor, 1.0
+        return rope_inv_freq(head_dim, theta) / np.float32(pos.factor), 1.0
     if pos.scaling == "ntk":
         return rope_inv_freq(head_dim, ntk_theta(theta, head_dim, pos.factor)), 1.0
     if pos.scaling == "yarn":
@@ -133,6 +134,16 @@ def scaled_inv_freq(pos: PosEncoding, head_dim: int, theta: float) -> tuple[jnp.
                                  pos.yarn_beta_slow)
         return inv_freq, yarn_attention_factor(pos.factor)
     return rope_inv_freq(head_dim, theta), 1.0
+
+
+def as_data(pos: PosEncoding, head_dim: int, theta: float) -> tuple[PosEncoding, tuple | None]:
+    """``pos`` split into what must be static and what can be data: for RoPE, the encoding without its
+    scaling and the table (inverse frequencies [head_dim // 2], factor on cos/sin) as arrays. Unscaled RoPE,
+    PI, NTK and YaRN at one length then share one compiled program; other encodings are returned as they are."""
+    if pos.kind != "rope":
+        return pos, None
+    inv_freq_F, scale = scaled_inv_freq(pos, head_dim, theta)
+    return dataclasses.replace(pos, scaling="none", factor=1.0), (inv_freq_F, np.float32(scale))
 
 
 def rotate_half(x):
@@ -151,12 +162,13 @@ def apply_rope(x_BTNH, positions_BT, theta: float, inv_freq_F=None, cos_sin_scal
     return (x * cos + rotate_half(x) * sin).astype(x_BTNH.dtype)
 
 
-def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float, positional=True):
+def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float, positional=True, rope_table=None):
     """q or k as ``pos`` presents it to attention. ``positional`` (a bool, or a traced per-layer bool
-    under the layer scan) is False in the NoPE layers of a per-layer pattern."""
+    under the layer scan) is False in the NoPE layers of a per-layer pattern. ``rope_table``: the RoPE
+    table of ``as_data`` (traced), used instead of the one ``pos`` describes."""
     if pos.kind != "rope" or positional is False:
         return x_BTNH  # NoPE (and ALiBi, which acts on the logits): the identity rotation (cos=1, sin=0)
-    inv_freq_F, scale = scaled_inv_freq(pos, x_BTNH.shape[-1], theta)
+    inv_freq_F, scale = rope_table or scaled_inv_freq(pos, x_BTNH.shape[-1], theta)
     rotated = apply_rope(x_BTNH, positions_BT, theta, inv_freq_F, scale)
     return rotated if positional is True else jnp.where(positional, rotated, x_BTNH)
 

@@ -222,6 +222,19 @@ def test_compilations_do_not_grow_with_the_number_of_cells(runs):
     assert counts[0] == counts[1] > 0, counts
 
 
+def test_rope_scalings_share_their_programs(runs):
+    """RoPE, PI, NTK and YaRN differ only in RoPE's frequency table, which the programs take as data: four
+    methods compile what one does."""
+    counts = {}
+    for methods in ("rope", "rope,pi,ntk,yarn"):
+        jax.clear_caches()
+        settings = _settings(methods=tuple(parse_methods(methods)), lengths=(4,), niah_tasks=("passkey",),
+                             depths=(0.0,), niah_samples=1)
+        results = eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+        counts[methods] = results["timing"]["compilations"]
+    assert counts["rope"] == counts["rope,pi,ntk,yarn"] > 0, counts
+
+
 def test_equal_cells_are_computed_once(runs, monkeypatch):
     """A cell with the weights, encoding and length of one already computed takes its results: PI at 1x is
     unscaled RoPE; the same run named twice is the same weights."""
