@@ -15,7 +15,7 @@ import numpy as np
 from drope_jax import evaluation
 from drope_jax.positions import NOPE, ROPE
 from drope_jax.run_config import load_module
-from drope_jax.train import make_setup
+from drope_jax.run_setup import make_setup
 
 from timing import median_ms
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from drope_jax import metrics, sharding
 from drope_jax.errors import ConfigError
+from drope_jax.run_setup import make_setup
 from drope_jax.tpu import TpuSlice
-from drope_jax.train import make_setup
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,23 +5,20 @@ Relaunching with the same workdir resumes from the newest complete checkpoint, i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import pathlib
 import time
-from typing import Any
 
 import jax
 
 from drope_jax import branch, checkpoint, data, evaluation, metrics, optim, preemption, resume, retrieval, sharding
 from drope_jax.errors import ConfigError
-from drope_jax.faults import Faults
 from drope_jax.positions import NOPE
-from drope_jax.run_config import Plan, make_plan
-from drope_jax.state import count_params, init_params, model_spec
-from drope_jax.step import init_state, jit_train_step, make_train_step, state_shardings
+from drope_jax.run_config import Plan
+from drope_jax.run_setup import Setup, make_setup, with_shardings
+from drope_jax.state import count_params, init_params
 
 
 class TrainingStopped(RuntimeError):
@@ -31,51 +28,6 @@ class TrainingStopped(RuntimeError):
 def log(msg: str) -> None:
     if jax.process_index() == 0:
         print(msg, flush=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """What every compiled train step of a run is built from (shared with the benchmark and AOT compile)."""
-
-    config: Any
-    plan: Plan
-    mesh: jax.sharding.Mesh
-    spec: Any
-    tx: Any
-    state_sh: Any
-
-    def lr_fn(self, step):
-        return optim.lr_at(step, optim_cfg=self.config.optim, total_steps=self.plan.total_steps,
-                           flip_step=self.plan.flip_step, drope_cfg=self.config.drope)
-
-    def abstract_state(self):
-        """ShapeDtypeStructs of the train state, placed on the mesh."""
-        return _with_shardings(jax.eval_shape(functools.partial(init_state, tx=self.tx), self.spec.abstract_params),
-                               self.state_sh)
-
-    def phase_step(self, phase: str):
-        """The jitted train step of one phase: RoPE before the flip, NoPE after it."""
-        fn = make_train_step(self.spec, self.tx, self.lr_fn, pos=self.plan.phase_pos(phase),
-                             use_qk_norm=self.plan.uses_qk_norm(phase), grad_accum=self.config.train.grad_accum,
-                             faults=Faults.from_config(self.config.faults))
-        return jit_train_step(fn, self.state_sh, self.mesh)
-
-    def fresh_state(self, params=None):
-        params = init_params(self.spec, self.config.train.seed, self.mesh) if params is None else params
-        return jax.jit(functools.partial(init_state, tx=self.tx), out_shardings=self.state_sh)(params)
-
-
-def make_setup(config, mesh=None) -> Setup:
-    """Validates the config (raising ConfigError before anything compiles) and builds the pieces."""
-    mesh = sharding.make_mesh(**config.mesh) if mesh is None else mesh
-    plan = make_plan(config, num_data_devices=mesh.shape["data"] * mesh.shape["fsdp"])
-    spec = model_spec(plan.model)
-    tx = optim.make_optimizer(config.optim, starts_at_flip=_is_qk_norm if plan.qk_norm_at_flip else None)
-    return Setup(config, plan, mesh, spec, tx, state_shardings(spec, tx, mesh))
-
-
-def _is_qk_norm(path: str) -> bool:
-    return "q_norm" in path or "k_norm" in path
 
 
 def run(config, workdir, *, evaluate: bool = True) -> dict:
@@ -288,7 +240,7 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source
                                                           config.eval.num_sequences)
     title = f"held-out perplexity ({results['documents']} docs)"
     rows = [f"{title:<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))]
-    abstract = _with_shardings(spec.abstract_params, spec.shardings(mesh))
+    abstract = with_shardings(spec.abstract_params, spec.shardings(mesh))
     for name, where, step, pos, use_qk in models:
         params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
         ppl = [evaluation.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
@@ -297,7 +249,3 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source
         rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))
     log("\n".join(rows))
     return results
-
-
-def _with_shardings(abstract, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)

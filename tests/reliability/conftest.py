@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from drope_jax import train
+from drope_jax import run_setup, train
 
 import harness
 
@@ -47,7 +47,7 @@ def launch(xla_cache):
 @pytest.fixture
 def nothing_lowered():
     """Fails the test if JAX lowered (so would compile) any program meanwhile."""
-    train.make_setup(harness.config())  # primes the eager scalars (optax's step count) every setup makes
+    run_setup.make_setup(harness.config())  # primes the eager scalars (optax's step count) every setup makes
     lowered = []
 
     def listener(event, duration, **kwargs):

@@ -4,7 +4,7 @@ quantity; a non-finite state is never saved."""
 import numpy as np
 import pytest
 
-from drope_jax import checkpoint, train
+from drope_jax import checkpoint, run_setup, train
 
 import harness
 
@@ -16,7 +16,7 @@ FAULTS = dict(nonfinite_loss_at=(3,), nonfinite_params_at=(5,))
 def newest_state(workdir):
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     step = ckpt.latest_step()
-    return step, ckpt.restore(step, train.make_setup(harness.config()).abstract_state())
+    return step, ckpt.restore(step, run_setup.make_setup(harness.config()).abstract_state())
 
 
 def test_a_faulty_step_is_skipped_and_a_nonfinite_state_is_never_saved(tmp_path):
