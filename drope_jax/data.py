@@ -78,30 +78,30 @@ class Corpus:
         row one document's own text where documents are long enough: first the start of every document
         (shorter ones joined together), then, while rows are missing, the next stretch of each long
         document, and so on. Returns int32 [n, length + 1] and how many documents the rows hold."""
-        size, docs = length + 1, self.documents("val")
-        rows, used, short, long_docs = [], set(), [], []
-        for i, doc in enumerate(docs):  # the start of every document
+        size = length + 1
+        rows, documents, short, long_docs = [], 0, [], []  # short: documents waiting to be joined
+        for doc in self.documents("val"):  # the start of every document
             if len(rows) == num_rows:
                 break
             if len(doc) >= size:
                 rows.append(doc[:size])
-                used.add(i)
-                long_docs.append(i)
+                long_docs.append(doc)
+                documents += 1
                 continue
-            short.append(i)
-            if sum(len(docs[j]) for j in short) >= size:
-                rows.append(np.concatenate([docs[j] for j in short])[:size])
-                used.update(short)
+            short.append(doc)
+            if sum(map(len, short)) >= size:
+                rows.append(np.concatenate(short)[:size])
+                documents += len(short)
                 short = []
         stretch = 1
         while len(rows) < num_rows and long_docs:  # then the next stretch of each long document
-            long_docs = [i for i in long_docs if len(docs[i]) >= (stretch + 1) * size]
-            rows += [docs[i][stretch * size:(stretch + 1) * size] for i in long_docs[:num_rows - len(rows)]]
+            long_docs = [doc for doc in long_docs if len(doc) >= (stretch + 1) * size]
+            rows += [doc[stretch * size:(stretch + 1) * size] for doc in long_docs[:num_rows - len(rows)]]
             stretch += 1
         if not rows:
             raise ConfigError(f"the held-out split of {self.path} is too short for a sequence of {length} "
                               "tokens; prepare it with a larger --val_fraction")
-        return np.stack(rows).astype(np.int32), len(used)
+        return np.stack(rows).astype(np.int32), documents
 
 
 def same_text_rows(corpus: Corpus, context: int, multiples, num_rows: int) -> tuple[dict[int, np.ndarray], int]:

@@ -71,6 +71,9 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
     # every method's encodings first: a method the run cannot supply is refused before any work
     encodings = {(name, where): {m: method_pos(name, runs[where], float(m)) for m in settings.lengths}
                  for name, where in settings.methods}
+    held_out = None  # ({length: rows}, documents): the same text for every method
+    if PPL_TASK in settings.tasks:
+        held_out = data.same_text_rows(corpus, context, settings.lengths, settings.ppl_sequences)
     generator, prompts = None, {}
     if NIAH_TASK in settings.tasks:
         tokenizer = corpus.tokenizer()
@@ -120,7 +123,7 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
             log(f"note: {label} drops RoPE from weights trained with it ({weights.source}), with no recalibration")
         if PPL_TASK in settings.tasks:
             began = time.time()
-            _perplexity(results, label, source, weights, method_encodings, corpus, settings, chunk, source.mesh,
+            _perplexity(results, label, source, weights, method_encodings, held_out, settings, chunk, source.mesh,
                         progress, done)
             timing[PPL_TASK] += time.time() - began
         if generator is not None:
@@ -152,10 +155,10 @@ class _Compilations:
         jax.monitoring.unregister_event_duration_listener(self._heard)
 
 
-def _perplexity(results, label, source, weights, encodings, corpus, settings, chunk, mesh, progress, done):
+def _perplexity(results, label, source, weights, encodings, held_out, settings, chunk, mesh, progress, done):
     ppl, by_position = {}, {}
     width = max(source.context // 2, 1)
-    rows, documents = data.same_text_rows(corpus, source.context, tuple(encodings), settings.ppl_sequences)
+    rows, documents = held_out
     for m, pos in encodings.items():
         key = (PPL_TASK, weights.source, weights.use_qk_norm, pos, m)  # e.g. PI at 1x is RoPE at 1x
         if key in done:

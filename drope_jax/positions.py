@@ -168,7 +168,7 @@ def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float, positional=True
     table of ``as_data`` (traced), used instead of the one ``pos`` describes."""
     if pos.kind != "rope" or positional is False:
         return x_BTNH  # NoPE (and ALiBi, which acts on the logits): the identity rotation (cos=1, sin=0)
-    inv_freq_F, scale = rope_table or scaled_inv_freq(pos, x_BTNH.shape[-1], theta)
+    inv_freq_F, scale = scaled_inv_freq(pos, x_BTNH.shape[-1], theta) if rope_table is None else rope_table
     rotated = apply_rope(x_BTNH, positions_BT, theta, inv_freq_F, scale)
     return rotated if positional is True else jnp.where(positional, rotated, x_BTNH)
 

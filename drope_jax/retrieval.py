@@ -53,27 +53,27 @@ class Rows:
         self.eos_id = tokenizer.eos_id
         self.generator = niah.Generator(tokenizer, haystack, template=template, seed=seed, keys=niah.TRAIN_WORDS)
         # The shortest length that holds most documents; a longer one is drawn again (``document``).
-        self.min_len = max(self._needs(t, 0, 0.0, i) for t in niah.TASKS for i in range(16))
+        self.min_len = max(self._needs(t, 0, 0.0, i)[1] for t in niah.TASKS for i in range(16))
         if self.min_len > self.row_len:
             raise ConfigError(f"a generated retrieval document in the {template!r} template needs about "
                               f"{self.min_len} tokens, more than a row of config.data.seq_len={seq_len} (+1); set "
                               "config.data.retrieval_template='short' or train on longer sequences")
 
-    def _needs(self, task: str, length: int, depth: float, index: int) -> int:
-        """Tokens of a document's needles, query, answer and EOS, and MIN_HAYSTACK of text."""
+    def _needs(self, task: str, length: int, depth: float, index: int) -> tuple[int, int]:
+        """Tokens of a document's answer, and of its needles, query, answer and EOS with MIN_HAYSTACK of text."""
         g = self.generator
         answer = g.answer_tokens(task, length, depth, index)
-        return g.room_needed(task, length, depth, index) + answer + 1 + MIN_HAYSTACK
+        return answer, g.room_needed(task, length, depth, index) + answer + 1 + MIN_HAYSTACK
 
     def document(self, length: int, rng: np.random.Generator) -> Document:
         """One document of exactly ``length`` tokens: a NIAH prompt, its correct answer and EOS."""
         while True:  # keys and values of other lengths than min_len's: draw until they fit
             task = niah.TASKS[rng.integers(len(niah.TASKS))]
             depth, index = float(rng.random()), int(rng.integers(2**31))
-            if self._needs(task, length, depth, index) <= length:
+            answer, needs = self._needs(task, length, depth, index)
+            if needs <= length:
                 break
         g = self.generator
-        answer = g.answer_tokens(task, length, depth, index)
         sample = g.sample(task, length, depth, index, prompt_length=length - answer - 1)
         answer_ids = g.tokenizer.encode(g.answer_text(sample))
         tokens = np.concatenate([sample.prompt, answer_ids, [self.eos_id]]).astype(np.int32)

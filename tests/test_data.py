@@ -231,8 +231,8 @@ def test_the_data_part_imports_nothing_of_model_train_or_eval():
     import subprocess
     import sys
 
-    code = ("import sys, drope_jax.data, drope_jax.prepare, drope_jax.retrieval; "
-            "print(sorted(m for m in sys.modules if m.startswith('drope_jax.')))")
+    code = ("import json, sys, drope_jax.data, drope_jax.prepare, drope_jax.retrieval; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('drope_jax.'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert eval(loaded) == ["drope_jax.data", "drope_jax.errors", "drope_jax.niah", "drope_jax.prepare",
+    assert json.loads(loaded) == ["drope_jax.data", "drope_jax.errors", "drope_jax.niah", "drope_jax.prepare",
                             "drope_jax.retrieval", "drope_jax.tokenizer"]
