@@ -22,7 +22,8 @@ from drope_jax.state import ModelSpec, apply
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
     dt = jnp.dtype(cfg.compute_dtype)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "length": jnp.zeros((), jnp.int32)}
+    # length 0 as a Python int: the first call is known, while tracing, to be a prefill (see model.py)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "length": 0}
 
 
 def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max_new_tokens: int,
@@ -55,7 +56,8 @@ def _generate(params, prompt_BP, rope_table, teacher_BA, *, spec, pos, max_new_t
     else:
         logits_BTV, cache = run(jnp.concatenate([prompt_BP, teacher_BA], axis=1), cache=cache)
         nll_BA = token_nll(logits_BTV[:, p - 1:-1], teacher_BA)
-        first_logits_BV, cache = logits_BTV[:, p - 1].astype(jnp.float32), dict(cache, length=jnp.int32(p))
+        first_logits_BV = logits_BTV[:, p - 1].astype(jnp.float32)
+    cache = dict(cache, length=jnp.int32(p))  # decoding continues from the prompt (teacher keys get overwritten)
 
     def step(carry, _):
         logits_BV, cache = carry

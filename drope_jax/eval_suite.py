@@ -32,8 +32,8 @@ class Settings:
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     niah_samples: int = 8  # prompts per task x length x depth
     ppl_sequences: int = 16  # rows at the longest length; shorter lengths cover the same text in more rows
-    batch_size: int = 4
-    query_chunk: int = 1024  # attention queries per chunk: memory is linear in length (0: whole sequences)
+    batch_size: int = 4  # rows per forward at the longest length; shorter lengths take more (same tokens)
+    query_chunk: int = 256  # attention queries per chunk: memory linear in length, faster on CPU (0: none)
     template: str = "auto"  # NIAH wording: "ruler", "short", "code", or auto (ruler or short) by the context
     values: str = "number"
     seed: int = 0
@@ -102,9 +102,8 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
     per_method = (len(settings.lengths) * (PPL_TASK in settings.tasks)
                   + len(settings.lengths) * len(settings.niah_tasks) * len(settings.depths) * (generator is not None))
     progress = _Progress(per_method * len(settings.methods))
-    # Every batch splits over the devices; a batch size they do not divide is rounded up.
     devices = run.mesh.size
-    settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // devices) * devices)
+    rows_per_batch = batch_rows(settings.batch_size, settings.lengths, devices)
     timing = {"load": 0.0, PPL_TASK: 0.0, NIAH_TASK: 0.0}
     compiles = _Compilations()
     done = {}  # (task, weights, use_qk_norm, encoding, length) -> its results: equal cells are computed once
@@ -123,21 +122,28 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
             log(f"note: {label} drops RoPE from weights trained with it ({weights.source}), with no recalibration")
         if PPL_TASK in settings.tasks:
             began = time.time()
-            _perplexity(results, label, source, weights, method_encodings, held_out, settings, chunk, source.mesh,
-                        progress, done)
+            _perplexity(results, label, source, weights, method_encodings, held_out, rows_per_batch, chunk,
+                        source.mesh, progress, done)
             timing[PPL_TASK] += time.time() - began
         if generator is not None:
             began = time.time()
-            _needles(results, label, source, weights, method_encodings, generator, prompts, settings, chunk,
-                     source.mesh, progress, done)
+            _needles(results, label, source, weights, method_encodings, generator, prompts, settings,
+                     rows_per_batch, chunk, source.mesh, progress, done)
             timing[NIAH_TASK] += time.time() - began
     progress.bar.close()
     compiles.close()
     results["seconds"] = round(time.time() - start, 1)
     results["timing"] = {**{f"{k}_seconds": round(v, 1) for k, v in timing.items()},
                          "compilations": compiles.count, "compile_seconds": round(compiles.seconds, 1),
-                         "devices": devices, "batch_size": settings.batch_size}
+                         "devices": devices, "rows_per_batch": {str(m): b for m, b in rows_per_batch.items()}}
     return results
+
+
+def batch_rows(rows_at_longest: int, lengths, devices: int) -> dict[int, int]:
+    """Rows per forward at each length: ``rows_at_longest`` at the longest, and as many tokens per forward at
+    the shorter ones, so short lengths fill the devices too; each a multiple of ``devices`` (rows split over them)."""
+    longest = max(lengths)
+    return {m: -(-rows_at_longest * longest // m // devices) * devices for m in lengths}
 
 
 class _Compilations:
@@ -155,7 +161,7 @@ class _Compilations:
         jax.monitoring.unregister_event_duration_listener(self._heard)
 
 
-def _perplexity(results, label, source, weights, encodings, held_out, settings, chunk, mesh, progress, done):
+def _perplexity(results, label, source, weights, encodings, held_out, rows_per_batch, chunk, mesh, progress, done):
     ppl, by_position = {}, {}
     width = max(source.context // 2, 1)
     rows, documents = held_out
@@ -167,7 +173,7 @@ def _perplexity(results, label, source, weights, encodings, held_out, settings, 
             continue
         sequences = rows[m]
         nll_T = evaluation.position_nll(source.spec, weights.params, sequences, pos, use_qk_norm=weights.use_qk_norm,
-                                        batch_size=settings.batch_size, query_chunk=chunk, mesh=mesh)
+                                        batch_size=rows_per_batch[m], query_chunk=chunk, mesh=mesh)
         ppl[str(m)] = math.exp(float(np.mean(nll_T)))
         by_position[str(m)] = {"bucket_tokens": width, "nll": evaluation.bucket_means(nll_T, width),
                                "sequences": int(len(sequences)), "documents": documents}
@@ -186,7 +192,8 @@ def niah_prompts(generator: niah.Generator, settings: Settings, length: int) -> 
     return [generator.sample(task, length, depth, i, prompt_length=length - room) for task, depth, i in cells], room
 
 
-def _needles(results, label, source, weights, encodings, generator, prompts, settings, chunk, mesh, progress, done):
+def _needles(results, label, source, weights, encodings, generator, prompts, settings, rows_per_batch, chunk, mesh,
+             progress, done):
     accuracy, interval, answer_nll, examples = ({task: {} for task in settings.niah_tasks} for _ in range(4))
     forward = dict(use_qk_norm=weights.use_qk_norm, query_chunk=chunk, mesh=mesh)
     middle = settings.depths[len(settings.depths) // 2]
@@ -194,7 +201,7 @@ def _needles(results, label, source, weights, encodings, generator, prompts, set
         samples, room = prompts[m]
         key = (NIAH_TASK, weights.source, weights.use_qk_norm, pos, m)
         if key not in done:
-            done[key] = answer_and_score(source.spec, weights.params, pos, generator, samples, settings.batch_size,
+            done[key] = answer_and_score(source.spec, weights.params, pos, generator, samples, rows_per_batch[m],
                                          room=room, **forward)
         texts, nlls = done[key]
         for task in settings.niah_tasks:

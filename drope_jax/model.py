@@ -67,8 +67,9 @@ class Attention(nnx.Module):
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
                  kv_cache=None, query_chunk=None, rope_table=None):
         """``positional``: whether this layer applies ``pos.kind`` (a bool, or traced under the scan).
-        ``kv_cache``: (k_BSKH, v_BSKH, index): this call's keys and values are written at ``index`` and
-        the queries attend to the whole cache; the updated (k, v) is returned beside the output."""
+        ``kv_cache``: (k_LBSKH, v_LBSKH, layer, index): this call's keys and values are written into layer
+        ``layer`` at ``index`` and the queries attend to that layer's whole cache (to their own keys when
+        ``index`` is the Python int 0, a prefill); the updated (k, v) is returned beside the output."""
         dt = x_BTD.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
         k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
@@ -87,15 +88,23 @@ class Attention(nnx.Module):
         q_BTNH = constrain(q_BTNH, ("batch", "seq", "act_heads", None))
         k_BSKH = constrain(encode(pos, k_BTKH, positions_BT, theta, positional, rope_table),
                            ("batch", "seq", "act_kv_heads", None))
-        v_BSKH, q_offset = v_BTKH, None
+        v_BSKH, q_offset, new_cache = v_BTKH, None, None
         if kv_cache is not None:
-            k_cache, v_cache, q_offset = kv_cache
-            k_BSKH = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BSKH.astype(k_cache.dtype), q_offset, axis=1)
-            v_BSKH = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BSKH.astype(v_cache.dtype), q_offset, axis=1)
+            # Every layer's cache [L, B, S, K, H] rides in the layer scan's carry, so this layer's new keys
+            # are written in place: no copy of the cache per decoded token.
+            k_LBSKH, v_LBSKH, layer, index = kv_cache
+            at = (layer, 0, index, 0, 0)
+            new_cache = (jax.lax.dynamic_update_slice(k_LBSKH, k_BSKH[None].astype(k_LBSKH.dtype), at),
+                         jax.lax.dynamic_update_slice(v_LBSKH, v_BSKH[None].astype(v_LBSKH.dtype), at))
+            # A prefill (index the Python int 0) sees only its own keys: self-attention, fused where the
+            # platform has a kernel, with no T x S scores. Later calls attend to the layer's whole cache.
+            if not (isinstance(index, int) and index == 0):
+                k_BSKH, v_BSKH = (jax.lax.dynamic_index_in_dim(c, layer, keepdims=False) for c in new_cache)
+                q_offset = index
         out_BTNH = self._attend(q_BTNH, k_BSKH.astype(dt), v_BSKH.astype(dt), segment_ids_BT, pos, positional,
                                 q_offset, query_chunk)
         out_BTD = jnp.einsum("BTNH,NHD->BTD", out_BTNH, self.o_NHD[...].astype(dt))
-        return out_BTD, (None if kv_cache is None else (k_BSKH, v_BSKH))
+        return out_BTD, new_cache
 
     def _attend(self, q_BTNH, k_BSKH, v_BSKH, segment_ids_BT, pos, positional, q_offset, query_chunk):
         slopes_N = None
@@ -170,7 +179,8 @@ class Transformer(nnx.Module):
         ``segment_ids_BT`` confines attention to each packed document. ``use_qk_norm=False`` skips
         QK-norm weights that exist but are not yet switched on (a run that adds QK-norm at the flip).
         ``cache`` is ``{"k": [L, B, S, K, H], "v": [L, B, S, K, H], "length": int32}`` (see
-        ``drope_jax.decode``). ``query_chunk`` bounds attention memory for long inputs (see attention.py).
+        ``drope_jax.decode``); a length of the Python int 0 marks a prefill into an empty cache.
+        ``query_chunk`` bounds attention memory for long inputs (see attention.py).
         ``rope_table``: RoPE's frequencies as data (``positions.as_data``), so scalings share a program."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
@@ -188,18 +198,21 @@ class Transformer(nnx.Module):
         if not uniform:  # a per-layer pattern enters the scan; a uniform one stays a Python constant
             xs["positional"] = jnp.asarray(positional_L)
         if cache is not None:
-            xs["k"], xs["v"] = cache["k"], cache["v"]
+            xs["index"] = jnp.arange(cfg.num_layers)
 
-        def layer(x_BTD, xs):
-            kv_cache = None if cache is None else (xs["k"], xs["v"], start)
+        def layer(carry, xs):
+            x_BTD, kv = carry
+            kv_cache = None if kv is None else (*kv, xs["index"], start)
             positional = xs["positional"] if not uniform else bool(positional_L[0])
-            return nnx.merge(graphdef, xs["layer"])(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                                    positional, kv_cache, query_chunk, rope_table)
+            x_BTD, kv = nnx.merge(graphdef, xs["layer"])(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm,
+                                                         positional, kv_cache, query_chunk, rope_table)
+            return (x_BTD, kv), None
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat]),
                                    prevent_cse=False)
-        x_BTD, new_kv = jax.lax.scan(layer, x_BTD, xs, unroll=cfg.scan_unroll)
+        kv = None if cache is None else (cache["k"], cache["v"])
+        (x_BTD, new_kv), _ = jax.lax.scan(layer, (x_BTD, kv), xs, unroll=cfg.scan_unroll)
 
         x_BTD = self.final_norm(x_BTD)
         head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
