@@ -3,7 +3,7 @@
   python bench/attention.py [--lengths=1024,8192] [--tokens=32768] [--backends=xla,cudnn]
 
 For each length T the batch is tokens / T sequences of 16 heads x 64 (bf16), so every length does
-the same number of query tokens. Times ``drope_jax.attention.causal_attention`` forward, and forward
+the same number of query tokens. Times ``drope_jax.model.attention.causal_attention`` forward, and forward
 plus backward, each the median of 20 calls after 3 warm-up calls.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from drope_jax.attention import causal_attention
+from drope_jax.model.attention import causal_attention
 
 from timing import median_ms
 

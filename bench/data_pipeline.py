@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from drope_jax import data, prepare
+from drope_jax.data import pipeline, prepare
 
 
 def synthetic_corpus(out: pathlib.Path, total_tokens: int, vocab: int = 49152) -> pathlib.Path:
@@ -49,8 +49,8 @@ def main():
         tmp = tempfile.TemporaryDirectory()
         print("writing a synthetic 60M-token corpus ...", flush=True)
         args.data = str(synthetic_corpus(pathlib.Path(tmp.name), 60_000_000))
-    corpus = data.Corpus(args.data)
-    ds = data.train_dataset(corpus.documents("train"), seq_len=args.seq_len, global_batch_size=args.batch, seed=0)
+    corpus = pipeline.Corpus(args.data)
+    ds = pipeline.train_dataset(corpus.documents("train"), seq_len=args.seq_len, global_batch_size=args.batch, seed=0)
     it = iter(ds)
     for _ in range(args.batches_per_window):  # warm-up
         next(it)

@@ -2,7 +2,7 @@
 
   python bench/long_context.py [--lengths=8192,16384,32768] [--pos=nope]
 
-Runs ``drope_jax.evaluation.position_nll`` (the evaluator's own forward + per-token loss) on random
+Runs ``drope_jax.eval.perplexity.position_nll`` (the evaluator's own forward + per-token loss) on random
 tokens with random weights; the median of 5 timed calls after a warm-up.
 """
 
@@ -12,10 +12,10 @@ import functools
 import jax
 import numpy as np
 
-from drope_jax import evaluation
-from drope_jax.positions import NOPE, ROPE
+from drope_jax.eval import perplexity
+from drope_jax.model.positions import NOPE, ROPE
 from drope_jax.run_config import load_module
-from drope_jax.run_setup import make_setup
+from drope_jax.train.setup import make_setup
 
 from timing import median_ms
 
@@ -33,7 +33,7 @@ def main():
         params = setup.fresh_state()["params"]
         for length in map(int, args.lengths.split(",")):
             tokens = rng.integers(0, setup.plan.model.vocab_size, (1, length + 1), dtype=np.int32)
-            ms = median_ms(functools.partial(evaluation.position_nll, batch_size=1), setup.spec, params, tokens, pos,
+            ms = median_ms(functools.partial(perplexity.position_nll, batch_size=1), setup.spec, params, tokens, pos,
                            calls=5, warmup=1)
             peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
             print(f"{jax.devices()[0].device_kind} | {args.pos} forward at {length:,} tokens: "

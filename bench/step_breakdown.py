@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from drope_jax import sharding
-from drope_jax.loss import token_nll
-from drope_jax.positions import ROPE
+from drope_jax.model.loss import token_nll
+from drope_jax.model.positions import ROPE
 from drope_jax.run_config import load_module
-from drope_jax.run_setup import make_setup
-from drope_jax.step import loss_fn
+from drope_jax.train.setup import make_setup
+from drope_jax.train.step import loss_fn
 
 from timing import median_ms
 

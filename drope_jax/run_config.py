@@ -15,11 +15,11 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
-from drope_jax import niah, retrieval
+from drope_jax.data import niah, retrieval
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
-from drope_jax.optim import SCHEDULES, Recal, decay_start, recal_schedule
-from drope_jax.positions import NOPE, ROPE, PosEncoding
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import NOPE, ROPE, PosEncoding
+from drope_jax.train.optim import SCHEDULES, Recal, decay_start, recal_schedule
 
 
 def load_module(path):

@@ -20,9 +20,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the TPU here is described by li
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from drope_jax import aot, tpu  # noqa: E402
 from drope_jax.errors import ConfigError  # noqa: E402
 from drope_jax.launch_utils import parse_flags_or_exit  # noqa: E402
+from drope_jax.tpu import aot, topology  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/0p5b_16b.py", "Run config file.")
 _TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "TPU slice, e.g. v4-8, v5e-8, v5p-64, v6e-8.")
@@ -35,10 +35,10 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
-        tpu_slice = tpu.parse_slice(_TOPOLOGY.value)
+        tpu_slice = topology.parse_slice(_TOPOLOGY.value)
         compile_fn = aot.search_grad_accum if _SEARCH.value else aot.compile_train_step
         report, _ = compile_fn(_CONFIG.value, tpu_slice, _PHASE.value)
-    except (ConfigError, tpu.TpuUnavailable) as e:
+    except (ConfigError, topology.TpuUnavailable) as e:
         sys.exit(f"error: {e}")
     except aot.DoesNotFit as e:
         sys.exit(str(e))

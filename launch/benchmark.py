@@ -17,10 +17,11 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from drope_jax import distributed, metrics, sharding
+from drope_jax import distributed, sharding
 from drope_jax.errors import ConfigError
 from drope_jax.launch_utils import parse_flags_or_exit
-from drope_jax.run_setup import make_setup
+from drope_jax.train import metrics
+from drope_jax.train.setup import make_setup
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/0p5b_16b.py", "Run config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (at least 10).")

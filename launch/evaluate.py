@@ -18,9 +18,11 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from drope_jax import distributed, eval_report, eval_suite, niah
+from drope_jax import distributed
+from drope_jax.data import niah
 from drope_jax.errors import ConfigError
-from drope_jax.eval_methods import Run, parse_methods
+from drope_jax.eval import report, suite
+from drope_jax.eval.methods import Run, parse_methods
 from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (default: WORKDIR/config.json).")
@@ -56,7 +58,7 @@ def main(argv):
     use_compilation_cache(_CACHE.value)
     distributed.initialize_if_needed()
     try:
-        settings = eval_suite.Settings(
+        settings = suite.Settings(
             methods=tuple(parse_methods(_METHODS.value)), lengths=tuple(int(m) for m in _LENGTHS.value),
             tasks=tuple(_TASKS.value), niah_tasks=tuple(_NIAH_TASKS.value),
             depths=tuple(float(d) for d in _DEPTHS.value), niah_samples=_SAMPLES.value,
@@ -64,14 +66,14 @@ def main(argv):
             query_chunk=_default_chunk() if _CHUNK.value is None else _CHUNK.value,
             template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value)
         run = Run(_WORKDIR.value, config=_CONFIG.value, step=_STEP.value, init_from=_INIT_FROM.value)
-        results = eval_suite.evaluate(run, settings)
+        results = suite.evaluate(run, settings)
         results["command"] = " ".join(["python"] + sys.argv)
         if jax.process_index() != 0:  # every process computed the same results; one writes them
             return
-        written = eval_report.write(results, _OUT.value or f"{_WORKDIR.value}/eval")
+        written = report.write(results, _OUT.value or f"{_WORKDIR.value}/eval")
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    print(eval_report.markdown(results))
+    print(report.markdown(results))
     print("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from drope_jax import prepare
+from drope_jax.data import prepare
 from drope_jax.errors import ConfigError
 from drope_jax.launch_utils import parse_flags_or_exit
 

@@ -12,9 +12,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from drope_jax import checkpoint, distributed, train
+from drope_jax import distributed
 from drope_jax.errors import ConfigError
 from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
+from drope_jax.train import checkpoint, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Run config file.")
 _CACHE = define_compilation_cache_flag()
@@ -27,8 +28,8 @@ def main(argv):
     use_compilation_cache(_CACHE.value)
     distributed.initialize_if_needed()
     try:
-        train.run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, train.TrainingStopped, checkpoint.NotSaved) as e:
+        loop.run(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, loop.TrainingStopped, checkpoint.NotSaved) as e:
         sys.exit(f"error: {e}")
 
 

@@ -6,9 +6,10 @@ import grain
 import numpy as np
 import pytest
 
-from drope_jax import data, prepare, train
+from drope_jax.data import pipeline, prepare
+from drope_jax.data.tokenizer import ByteTokenizer
 from drope_jax.errors import ConfigError
-from drope_jax.tokenizer import ByteTokenizer
+from drope_jax.train import loop
 
 from test_train import tiny_config
 
@@ -27,7 +28,7 @@ def take(iterator, n):
 
 @pytest.mark.parametrize("interrupt_at", [1, 4, 9])  # 9 batches span more than one epoch of these documents
 def test_resumed_stream_equals_uninterrupted_stream(interrupt_at):
-    ds = data.train_dataset(numbered_documents(), seq_len=15, global_batch_size=4, seed=3)
+    ds = pipeline.train_dataset(numbered_documents(), seq_len=15, global_batch_size=4, seed=3)
     straight = take(iter(ds), 14)
     first = iter(ds)
     take(first, interrupt_at)
@@ -42,7 +43,7 @@ def test_resumed_stream_equals_uninterrupted_stream(interrupt_at):
 
 def test_each_epoch_is_reshuffled():
     docs = numbered_documents()
-    stream = data.document_stream(docs, seed=1)
+    stream = pipeline.document_stream(docs, seed=1)
     epoch1 = [int(stream[i][0]) for i in range(len(docs))]
     epoch2 = [int(stream[len(docs) + i][0]) for i in range(len(docs))]
     assert sorted(epoch1) == sorted(epoch2) and epoch1 != epoch2
@@ -53,7 +54,7 @@ def test_row_streams_read_disjoint_parts_that_cover_the_dataset_once_per_epoch()
     per_process = len(docs) // 2 + 1
     seen = []
     for p in range(2):
-        stream = data.document_stream(docs, seed=5, stream_index=p, num_streams=2)
+        stream = pipeline.document_stream(docs, seed=5, stream_index=p, num_streams=2)
         epoch_len = len(range(p, len(docs), 2))
         seen.extend(int(stream[i][0]) for i in range(epoch_len))
         assert epoch_len <= per_process
@@ -62,8 +63,8 @@ def test_row_streams_read_disjoint_parts_that_cover_the_dataset_once_per_epoch()
 
 def test_processes_read_disjoint_rows_of_the_same_global_batches():
     docs = numbered_documents(n=41)
-    one = iter(data.train_dataset(docs, seq_len=7, global_batch_size=4, seed=2))
-    two = [iter(data.train_dataset(docs, seq_len=7, global_batch_size=4, seed=2, process_index=p, process_count=2))
+    one = iter(pipeline.train_dataset(docs, seq_len=7, global_batch_size=4, seed=2))
+    two = [iter(pipeline.train_dataset(docs, seq_len=7, global_batch_size=4, seed=2, process_index=p, process_count=2))
            for p in range(2)]
     for _ in range(12):  # several epochs of every row stream
         local = [next(it)["tokens"] for it in two]
@@ -75,7 +76,7 @@ def test_packing_loses_only_the_remainder():
     docs = numbered_documents(n=20)
     seq_len = 15
     total = sum(len(d) for d in docs)
-    rows = take(iter(data.train_dataset(docs, seq_len=seq_len, global_batch_size=1, seed=0)),
+    rows = take(iter(pipeline.train_dataset(docs, seq_len=seq_len, global_batch_size=1, seed=0)),
                 total // (seq_len + 1) + 2)
     rows = [r.ravel() for r in rows]
     tokens = np.concatenate(rows)
@@ -89,7 +90,7 @@ def test_packing_loses_only_the_remainder():
 
 
 def test_document_masking_yields_segments_and_positions():
-    ds = data.train_dataset(numbered_documents(), seq_len=31, global_batch_size=2, seed=0, document_masking=True)
+    ds = pipeline.train_dataset(numbered_documents(), seq_len=31, global_batch_size=2, seed=0, document_masking=True)
     batch = next(iter(ds))
     assert set(batch) == {"tokens", "segment_ids", "positions"}
     seg, pos, tok = batch["segment_ids"][0], batch["positions"][0], batch["tokens"][0]
@@ -107,7 +108,7 @@ def test_prepare_writes_documents_with_eos_and_metadata(tmp_path):
         write(tmp_path / f"doc{i}.txt", f"document {i} ".encode() * (i + 1))
     meta = prepare.prepare(str(tmp_path / "*.txt"), "text", "bytes", str(tmp_path / "out"), val_fraction=0.3,
                            progress=lambda _: None)
-    corpus = data.Corpus(tmp_path / "out")
+    corpus = pipeline.Corpus(tmp_path / "out")
     docs = [d for split in ("train", "val") if meta["splits"][split]["shards"] for d in corpus.documents(split)]
     assert len(docs) == 5 and meta["splits"]["val"]["documents"] >= 1
     assert all(d[-1] == ByteTokenizer.eos_id and ByteTokenizer.eos_id not in d[:-1] for d in docs)
@@ -145,7 +146,7 @@ def test_bad_input_is_named(tmp_path, make, fmt, message):
 
 def test_a_directory_without_metadata_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="has no metadata.json"):
-        data.Corpus(tmp_path)
+        pipeline.Corpus(tmp_path)
 
 
 def test_a_dataset_with_a_larger_vocab_than_the_model_is_refused(tmp_path):
@@ -154,7 +155,7 @@ def test_a_dataset_with_a_larger_vocab_than_the_model_is_refused(tmp_path):
                     progress=lambda _: None)
     c = tiny_config(model=dict(vocab_size=200), data=dict(source="arrayrecord", path=str(tmp_path / "out")))
     with pytest.raises(ConfigError, match="vocab of 257, larger than config.model.vocab_size"):
-        train.run(c, tmp_path / "run")
+        loop.run(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -181,7 +182,7 @@ def test_a_local_bpe_tokenizer_works_end_to_end(tmp_path):
     c = tiny_config(model=dict(vocab_size=320), data=dict(source="arrayrecord", path=str(tmp_path / "data"),
                                                           seq_len=16),
                     train=dict(total_steps=10), drope=dict(flip_step=6))
-    result = train.run(c, tmp_path / "run")
+    result = loop.run(c, tmp_path / "run")
     assert all(np.isfinite(v) for r in result["perplexity"].values() for v in r.values())
 
 
@@ -192,7 +193,7 @@ def test_parquet_rows_are_documents(tmp_path):
     pq.write_table(pa.table({"text": ["first row", None, "second row"], "id": [1, 2, 3]}), tmp_path / "a.parquet")
     meta = prepare.prepare(str(tmp_path / "a.parquet"), "parquet", "bytes", str(tmp_path / "out"), val_fraction=0.0,
                            progress=lambda _: None)
-    docs = list(data.Corpus(tmp_path / "out").documents("train"))
+    docs = list(pipeline.Corpus(tmp_path / "out").documents("train"))
     assert sorted(bytes(d[:-1].astype(np.uint8)).decode() for d in docs) == ["first row", "second row"]
     assert meta["skipped_documents"] == 1
     with pytest.raises(ConfigError, match="has no column 'body'"):
@@ -200,7 +201,7 @@ def test_parquet_rows_are_documents(tmp_path):
                         progress=lambda _: None)
 
 
-class _HeldOut(data.Corpus):
+class _HeldOut(pipeline.Corpus):
     def __init__(self, lengths):
         self.path = "held_out"
         self.docs = [np.arange(100 * i, 100 * i + n, dtype=np.int32) for i, n in enumerate(lengths)]
@@ -220,7 +221,7 @@ def test_held_out_rows_start_documents_first_then_take_further_stretches_of_long
 
 
 def test_shorter_lengths_cut_the_same_text_as_the_longest():
-    rows, documents = data.same_text_rows(_HeldOut([40, 50, 45]), 4, (1, 2, 8), num_rows=3)
+    rows, documents = pipeline.same_text_rows(_HeldOut([40, 50, 45]), 4, (1, 2, 8), num_rows=3)
     assert rows[8].shape == (3, 33) and rows[1].shape == (24, 5) and documents == 3
     for m in (1, 2):  # every target token of the longest rows, in order, and nothing else
         targets = rows[m][:, 1:].reshape(3, -1)
@@ -231,8 +232,9 @@ def test_the_data_part_imports_nothing_of_model_train_or_eval():
     import subprocess
     import sys
 
-    code = ("import json, sys, drope_jax.data, drope_jax.prepare, drope_jax.retrieval; "
+    code = ("import json, sys, drope_jax.data.pipeline, drope_jax.data.prepare, drope_jax.data.retrieval; "
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('drope_jax.'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(loaded) == ["drope_jax.data", "drope_jax.errors", "drope_jax.niah", "drope_jax.prepare",
-                            "drope_jax.retrieval", "drope_jax.tokenizer"]
+    assert json.loads(loaded) == ["drope_jax.data.pipeline", "drope_jax.data.niah", "drope_jax.data.pipeline",
+                                  "drope_jax.data.prepare", "drope_jax.data.retrieval", "drope_jax.data.tokenizer",
+                                  "drope_jax.errors"]

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drope_jax import decode, sharding, state
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import PosEncoding
+from drope_jax import sharding
+from drope_jax.eval import decode
+from drope_jax.model import state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import PosEncoding
 
 CFG = ModelConfig(vocab_size=53, d_model=32, num_layers=4, num_heads=4, num_kv_heads=2, mlp_dim=48,
                   qk_norm="proj", compute_dtype="float32").validate()

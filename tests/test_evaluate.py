@@ -10,11 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from drope_jax import data, eval_methods, eval_report, eval_suite, evaluation, loss, niah, sharding, state, train
+from drope_jax import sharding
+from drope_jax.data import niah, pipeline
 from drope_jax.errors import ConfigError
-from drope_jax.eval_methods import Run, parse_methods
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import ROPE, PosEncoding
+from drope_jax.eval import methods, perplexity, report, suite
+from drope_jax.eval.methods import Run, parse_methods
+from drope_jax.model import loss, state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import ROPE, PosEncoding
+from drope_jax.train import loop
 
 from test_train import read_metrics, tiny_config
 
@@ -39,8 +43,8 @@ class WordTokenizer:
 def _passkey_scores(spec, params, generator, pos, length):
     """(exact-match accuracy, mean answer NLL) over 24 passkey prompts."""
     samples = [generator.sample("passkey", length, d, 1000 + i) for d in (0.0, 0.5, 1.0) for i in range(8)]
-    texts = eval_suite.generate_answers(spec, params, pos, generator, samples, batch_size=24)
-    nlls = eval_suite.answer_nlls(spec, params, pos, generator, samples, batch_size=24)
+    texts = suite.generate_answers(spec, params, pos, generator, samples, batch_size=24)
+    nlls = suite.answer_nlls(spec, params, pos, generator, samples, batch_size=24)
     return np.mean([niah.score(s, t) for s, t in zip(samples, texts)]), np.mean(nlls)
 
 
@@ -89,9 +93,9 @@ def test_retrieval_harness_says_yes_and_no():
 def runs(tmp_path_factory):
     """A DroPE run (flip at 4 of 8, perplexity every 4 steps) and short ALiBi and RNoPE-SWA runs from scratch."""
     root = tmp_path_factory.mktemp("runs")
-    train.run(tiny_config(eval=dict(every_steps=4), train=dict(total_steps=8), drope=dict(flip_step=4)), root / "drope")
+    loop.run(tiny_config(eval=dict(every_steps=4), train=dict(total_steps=8), drope=dict(flip_step=4)), root / "drope")
     for name, positions in (("alibi", dict(kind="alibi")), ("rnope_swa", dict(kind="rope", nope_every=2, window=16))):
-        train.run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), root / name)
+        loop.run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), root / name)
     return root
 
 
@@ -105,17 +109,17 @@ def test_in_training_perplexity_is_logged_in_the_phase_being_trained(runs):
 
 
 def test_evaluate_every_method_and_write_the_report(runs, tmp_path):
-    settings = eval_suite.Settings(
+    settings = suite.Settings(
         methods=tuple(parse_methods(f"drope,rope,pi,ntk,yarn,alibi@{runs / 'alibi'},"
                                     f"rnope_swa@{runs / 'rnope_swa'}")),
         lengths=(1, 2), niah_tasks=("passkey",), depths=(0.0, 1.0), niah_samples=2, ppl_sequences=2,
         batch_size=2, query_chunk=16, template="short")
-    results = eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
-    methods = results["methods"]
-    assert methods["drope"]["weights"].endswith("step 8") and methods["drope"]["phase"] == "nope"
-    assert all(methods[m]["weights"].endswith("step 4") and methods[m]["phase"] == "rope"
+    results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+    listed = results["methods"]
+    assert listed["drope"]["weights"].endswith("step 8") and listed["drope"]["phase"] == "nope"
+    assert all(listed[m]["weights"].endswith("step 4") and methods[m]["phase"] == "rope"
                for m in ("rope", "pi", "ntk", "yarn"))  # the flip-step checkpoint: the same weights
-    assert methods["yarn"]["encoding"] == {"1": "rope", "2": "rope, yarn x2"}
+    assert listed["yarn"]["encoding"] == {"1": "rope", "2": "rope, yarn x2"}
     ppl = results["ppl"]
     assert len({ppl[m]["1"] for m in ("rope", "pi", "ntk", "yarn")}) == 1  # no scaling at 1x
     assert len({ppl[m]["2"] for m in ("rope", "pi", "ntk", "yarn")}) == 4
@@ -126,28 +130,28 @@ def test_evaluate_every_method_and_write_the_report(runs, tmp_path):
     assert set(results["niah"][alibi]["passkey"]["2"]) == {"0", "1"}
     assert all(0 < v < 20 for v in results["niah_answer_nll"][alibi]["passkey"]["2"].values())
 
-    written = eval_report.write(results, tmp_path / "eval")
+    written = report.write(results, tmp_path / "eval")
     assert {p.name for p in written} == {"results.json", "report.md", "ppl_vs_length.png", "loss_by_position.png",
                                          "niah_heatmap.png"}
-    report = (tmp_path / "eval" / "report.md").read_text()
-    assert "| drope | " in report and "| yarn | passkey |" in report and "answer NLL" in report
+    report_md = (tmp_path / "eval" / "report.md").read_text()
+    assert "| drope | " in report_md and "| yarn | passkey |" in report_md and "answer NLL" in report_md
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["ppl"] == ppl
 
 
-@pytest.mark.parametrize("methods, message", [
+@pytest.mark.parametrize("asked, message", [
     ("alibi", "trained with it from scratch"),
     ("longrope", "unknown method"),
 ])
-def test_a_method_the_run_cannot_supply_is_refused_by_name(runs, methods, message):
+def test_a_method_the_run_cannot_supply_is_refused_by_name(runs, asked, message):
     with pytest.raises(ConfigError, match=message):
-        settings = eval_suite.Settings(methods=tuple(parse_methods(methods)), lengths=(1,), tasks=("ppl",))
-        eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+        settings = suite.Settings(methods=tuple(parse_methods(asked)), lengths=(1,), tasks=("ppl",))
+        suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
     with pytest.raises(ConfigError, match="scales RoPE"):
-        settings = eval_suite.Settings(methods=(("yarn", None),), lengths=(2,), tasks=("ppl",))
-        eval_suite.evaluate(Run(runs / "alibi"), settings, log=lambda _: None)
+        settings = suite.Settings(methods=(("yarn", None),), lengths=(2,), tasks=("ppl",))
+        suite.evaluate(Run(runs / "alibi"), settings, log=lambda _: None)
     with pytest.raises(ConfigError, match="template 'code' needs .* --template=short"):
-        settings = eval_suite.Settings(methods=(("drope", None),), lengths=(1,), tasks=("niah",), template="code")
-        eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+        settings = suite.Settings(methods=(("drope", None),), lengths=(1,), tasks=("niah",), template="code")
+        suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
 
 
 @pytest.mark.parametrize("model_type, extra, trained", [
@@ -167,9 +171,9 @@ def test_a_hugging_face_checkpoint_is_evaluated_in_its_own_position_mode(tmp_pat
     c = tiny_config(model=dict(num_layers=4))
     run = Run(tmp_path / "out", config=c, init_from=f"hf:{tmp_path / 'hf'}")
     assert run.trained_pos.describe() == trained
-    settings = eval_suite.Settings(methods=(("rope", None), ("yarn", None), ("drope", None)), lengths=(1, 2),
+    settings = suite.Settings(methods=(("rope", None), ("yarn", None), ("drope", None)), lengths=(1, 2),
                                    tasks=("ppl",), ppl_sequences=2, batch_size=2)
-    results = eval_suite.evaluate(run, settings, log=lambda _: None)
+    results = suite.evaluate(run, settings, log=lambda _: None)
     assert results["methods"]["yarn"]["encoding"]["2"] == f"{trained}, yarn x2"
     assert results["ppl"]["rope"]["1"] == results["ppl"]["yarn"]["1"] != results["ppl"]["drope"]["1"]
 
@@ -177,7 +181,7 @@ def test_a_hugging_face_checkpoint_is_evaluated_in_its_own_position_mode(tmp_pat
 def _settings(**kw):
     base = dict(methods=tuple(parse_methods("drope,rope,yarn")), lengths=(4, 8), niah_tasks=("passkey", "multivalue"),
                 depths=(0.0, 1.0), niah_samples=3, ppl_sequences=3, batch_size=2, query_chunk=16, template="short")
-    return eval_suite.Settings(**{**base, **kw})
+    return suite.Settings(**{**base, **kw})
 
 
 def test_batched_evaluation_equals_the_cell_by_cell_computation(runs):
@@ -185,23 +189,23 @@ def test_batched_evaluation_equals_the_cell_by_cell_computation(runs):
     change no number: each cell recomputed on its own (its own batch and shapes) gives the same scores."""
     settings = _settings()
     run = Run(runs / "drope")
-    results = eval_suite.evaluate(run, settings, log=lambda _: None)
-    corpus = data.open_corpus(run.config.data)
+    results = suite.evaluate(run, settings, log=lambda _: None)
+    corpus = pipeline.open_corpus(run.config.data)
     tok = corpus.tokenizer()
     generator = niah.Generator(tok, corpus.haystack("val", 4 * 32 * 8), template="short")
     for name in ("drope", "yarn"):
-        weights = run.weights(eval_methods.method_weights(name))
+        weights = run.weights(methods.method_weights(name))
         for m in settings.lengths:
-            pos = eval_methods.method_pos(name, run, float(m))
-            sequences = data.same_text_rows(corpus, 32, settings.lengths, settings.ppl_sequences)[0][m]
-            alone = evaluation.perplexity(run.spec, weights.params, sequences, pos, batch_size=len(sequences))
+            pos = methods.method_pos(name, run, float(m))
+            sequences = pipeline.same_text_rows(corpus, 32, settings.lengths, settings.ppl_sequences)[0][m]
+            alone = perplexity.perplexity(run.spec, weights.params, sequences, pos, batch_size=len(sequences))
             np.testing.assert_allclose(results["ppl"][name][str(m)], alone, rtol=1e-5)
-            samples, room = eval_suite.niah_prompts(generator, settings, m * 32)
+            samples, room = suite.niah_prompts(generator, settings, m * 32)
             for task in settings.niah_tasks:
                 for depth in settings.depths:
                     cell = [s for s in samples if s.task == task and s.depth == depth]
-                    texts = eval_suite.generate_answers(run.spec, weights.params, pos, generator, cell, len(cell))
-                    nlls = eval_suite.answer_nlls(run.spec, weights.params, pos, generator, cell, len(cell))
+                    texts = suite.generate_answers(run.spec, weights.params, pos, generator, cell, len(cell))
+                    nlls = suite.answer_nlls(run.spec, weights.params, pos, generator, cell, len(cell))
                     accuracy = results["niah"][name][task][str(m)][f"{depth:g}"]
                     assert accuracy == np.mean([niah.score(s, t) for s, t in zip(cell, texts)])
                     lo, hi = results["niah_interval"][name][task][str(m)][f"{depth:g}"]
@@ -217,7 +221,7 @@ def test_compilations_do_not_grow_with_the_number_of_cells(runs):
         jax.clear_caches()
         settings = _settings(methods=(("drope", None),), lengths=(2,), niah_tasks=("passkey",), depths=depths,
                              niah_samples=samples)
-        results = eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+        results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
         counts.append(results["timing"]["compilations"])
     assert counts[0] == counts[1] > 0, counts
 
@@ -226,12 +230,12 @@ def test_rope_scalings_share_their_programs(runs):
     """RoPE, PI, NTK and YaRN differ only in RoPE's frequency table, which the programs take as data: four
     methods compile what one does."""
     counts = {}
-    for methods in ("rope", "rope,pi,ntk,yarn"):
+    for asked in ("rope", "rope,pi,ntk,yarn"):
         jax.clear_caches()
-        settings = _settings(methods=tuple(parse_methods(methods)), lengths=(4,), niah_tasks=("passkey",),
+        settings = _settings(methods=tuple(parse_methods(asked)), lengths=(4,), niah_tasks=("passkey",),
                              depths=(0.0,), niah_samples=1)
-        results = eval_suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
-        counts[methods] = results["timing"]["compilations"]
+        results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+        counts[asked] = results["timing"]["compilations"]
     assert counts["rope"] == counts["rope,pi,ntk,yarn"] > 0, counts
 
 
@@ -239,17 +243,17 @@ def test_equal_cells_are_computed_once(runs, monkeypatch):
     """A cell with the weights, encoding and length of one already computed takes its results: PI at 1x is
     unscaled RoPE; the same run named twice is the same weights."""
     forwards, decodes = [], []
-    position_nll, answer_and_score = eval_suite.evaluation.position_nll, eval_suite.answer_and_score
-    monkeypatch.setattr(eval_suite.evaluation, "position_nll",
+    position_nll, answer_and_score = suite.perplexity.position_nll, suite.answer_and_score
+    monkeypatch.setattr(suite.perplexity, "position_nll",
                         lambda *a, **k: forwards.append(a[3]) or position_nll(*a, **k))
-    monkeypatch.setattr(eval_suite, "answer_and_score",
+    monkeypatch.setattr(suite, "answer_and_score",
                         lambda *a, **k: decodes.append(a[2]) or answer_and_score(*a, **k))
     run = Run(runs / "drope")
     settings = _settings(methods=tuple(parse_methods("rope,pi")), lengths=(1, 2), tasks=("ppl",))
-    results = eval_suite.evaluate(run, settings, log=lambda _: None)
+    results = suite.evaluate(run, settings, log=lambda _: None)
     assert [p.scaling for p in forwards] == ["none", "none", "linear"]  # rope 1x and 2x, then pi at 2x only
     assert results["ppl"]["pi"]["1"] == results["ppl"]["rope"]["1"] != results["ppl"]["pi"]["2"]
     twice = tuple(parse_methods(f"rope,rope@{runs / 'drope'}"))
-    results = eval_suite.evaluate(run, _settings(methods=twice, lengths=(4,), tasks=("niah",), depths=(0.0,)),
+    results = suite.evaluate(run, _settings(methods=twice, lengths=(4,), tasks=("niah",), depths=(0.0,)),
                                   log=lambda _: None)
     assert len(decodes) == 1 and results["niah"]["rope"] == results["niah"][f"rope@{runs / 'drope'}"]

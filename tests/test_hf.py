@@ -26,12 +26,14 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from drope_jax import checkpoint, hf, sharding, state, train
+from drope_jax import hf, sharding
 from drope_jax.errors import ConfigError
 from drope_jax.hf import configs, load, modeling_drope
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import NOPE, ROPE
+from drope_jax.model import state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import NOPE, ROPE
 from drope_jax.run_config import default_config, make_plan
+from drope_jax.train import checkpoint, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 V, D, LAYERS, F, HEADS = 300, 64, 2, 128, 4
@@ -359,7 +361,7 @@ def test_trained_qk_norm_weights_are_never_dropped(tmp_path):
 
 
 def test_init_from_hf_checks_config_model_before_training(tmp_path):
-    """train.run dispatches "hf:DIR" to the bridge, which names each config.model key that disagrees."""
+    """loop.run dispatches "hf:DIR" to the bridge, which names each config.model key that disagrees."""
     make_hf("llama", tmp_path / "hf")
     c = default_config()
     c.model.update(vocab_size=V, d_model=D, num_layers=LAYERS, num_heads=HEADS, num_kv_heads=2, mlp_dim=2 * F,
@@ -367,7 +369,7 @@ def test_init_from_hf_checks_config_model_before_training(tmp_path):
     c.train.update(global_batch_size=8, total_steps=2)
     c.init_from = f"hf:{tmp_path / 'hf'}"
     with pytest.raises(ConfigError, match=r"config\.model\.mlp_dim=256 but config\.json gives 128") as e:
-        train.run(c, tmp_path / "run")
+        loop.run(c, tmp_path / "run")
     assert "norm_eps" in str(e.value)
     assert not (tmp_path / "run" / "checkpoints" / "0").exists()
 

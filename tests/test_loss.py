@@ -1,11 +1,11 @@
-"""The hand-written gradient of drope_jax.loss equals autodiff of the plain formula."""
+"""The hand-written gradient of drope_jax.model.loss equals autodiff of the plain formula."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drope_jax import loss
+from drope_jax.model import loss
 
 
 def reference_nll(logits_BTV, targets_BT):

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drope_jax import loss, sharding, state
+from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import NOPE, ROPE, apply_rope, rope_inv_freq
+from drope_jax.model import loss, state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import NOPE, ROPE, apply_rope, rope_inv_freq
 
 SMALL = ModelConfig(vocab_size=61, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
                     compute_dtype="float32")
@@ -409,7 +410,7 @@ def test_every_model_field_is_a_config_key_and_survives_config_json(tmp_path):
     """The model schema is ModelConfig's: config.model has every field (attention_bias included), and a run's
     config.json read back keeps them all."""
 
-    from drope_jax.eval_methods import load_run_config
+    from drope_jax.eval.methods import load_run_config
     from drope_jax.run_config import default_config
 
     c = default_config()

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from drope_jax import niah
+from drope_jax.data import niah
+from drope_jax.data.tokenizer import ByteTokenizer
 from drope_jax.errors import ConfigError
-from drope_jax.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 HAYSTACK = TOK.encode("def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 40)

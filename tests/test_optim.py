@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drope_jax import optim, state
-from drope_jax.model_config import ModelConfig
+from drope_jax.model import state
+from drope_jax.model.config import ModelConfig
 from drope_jax.run_config import default_config
+from drope_jax.train import optim
 
 PEAK = 1e-3
 

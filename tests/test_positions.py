@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from drope_jax import attention, sharding, state
+from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import (
+from drope_jax.model import attention, state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import (
     NOPE,
     ROPE,
     PosEncoding,
@@ -66,7 +67,7 @@ def test_yarn_temperature_multiplies_q_and_k_so_logits_get_its_square():
     yarn = PosEncoding("rope", scaling="yarn", factor=8.0, original_length=64)
     q, k = encode(yarn, x, positions, 10000.0), encode(yarn, x[:, ::-1], positions, 10000.0)
     plain_inv_freq = yarn_inv_freq(16, 10000.0, 8.0, 64)
-    from drope_jax.positions import apply_rope
+    from drope_jax.model.positions import apply_rope
     q0, k0 = apply_rope(x, positions, 10000.0, plain_inv_freq), apply_rope(x[:, ::-1], positions, 10000.0,
                                                                             plain_inv_freq)
     logits, logits0 = jnp.einsum("btnh,bsnh->bnts", q, k), jnp.einsum("btnh,bsnh->bnts", q0, k0)

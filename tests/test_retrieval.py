@@ -6,9 +6,10 @@ import re
 import numpy as np
 import pytest
 
-from drope_jax import data, niah, retrieval, run_config
+from drope_jax import run_config
+from drope_jax.data import niah, pipeline, retrieval
+from drope_jax.data.tokenizer import ByteTokenizer, HFTokenizer
 from drope_jax.errors import ConfigError
-from drope_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 from test_data import numbered_documents, take
 
@@ -70,32 +71,32 @@ def test_too_short_a_row_names_the_fix():
 def test_generated_rows_take_their_places_and_the_corpus_fills_the_rest():
     docs = numbered_documents(n=41)
     maker = rows(seq_len=255, at=(1, 3))
-    ds = data.train_dataset(docs, seq_len=255, global_batch_size=4, seed=2, generated=maker)
+    ds = pipeline.train_dataset(docs, seq_len=255, global_batch_size=4, seed=2, generated=maker)
     batch = next(iter(ds))["tokens"]
     np.testing.assert_array_equal(batch[1], maker.row(0)["tokens"])
     np.testing.assert_array_equal(batch[3], maker.row(1)["tokens"])
-    plain = next(iter(data.train_dataset(docs, seq_len=255, global_batch_size=2, seed=2)))["tokens"]
+    plain = next(iter(pipeline.train_dataset(docs, seq_len=255, global_batch_size=2, seed=2)))["tokens"]
     np.testing.assert_array_equal(batch[[0, 2]], plain)  # the corpus is dealt to the other rows as to a batch of 2
 
 
 def test_a_mixed_stream_resumes_exactly_and_splits_over_processes():
     docs, maker = numbered_documents(n=41), rows(seq_len=127, at=(0, 2))
     kw = dict(seq_len=127, global_batch_size=4, seed=2, generated=maker)
-    straight = take(iter(data.train_dataset(docs, **kw)), 6)
-    first = iter(data.train_dataset(docs, **kw))
+    straight = take(iter(pipeline.train_dataset(docs, **kw)), 6)
+    first = iter(pipeline.train_dataset(docs, **kw))
     take(first, 3)
-    resumed = iter(data.train_dataset(docs, **kw))
+    resumed = iter(pipeline.train_dataset(docs, **kw))
     resumed.set_state(json.loads(json.dumps(first.get_state())))
     for got, want in zip(take(resumed, 3), straight[3:]):
         np.testing.assert_array_equal(got, want)
-    halves = [take(iter(data.train_dataset(docs, **kw, process_index=p, process_count=2)), 6) for p in range(2)]
+    halves = [take(iter(pipeline.train_dataset(docs, **kw, process_index=p, process_count=2)), 6) for p in range(2)]
     for step in range(6):
         np.testing.assert_array_equal(np.concatenate([halves[0][step], halves[1][step]]), straight[step])
 
 
 def test_document_masking_marks_each_generated_document():
     maker = rows(seq_len=255, at=(0,))
-    batch = next(iter(data.train_dataset(numbered_documents(), seq_len=255, global_batch_size=2, seed=0,
+    batch = next(iter(pipeline.train_dataset(numbered_documents(), seq_len=255, global_batch_size=2, seed=0,
                                          document_masking=True, generated=maker)))
     seg, tok = batch["segment_ids"][0], batch["tokens"][0]
     ends = np.flatnonzero(np.diff(seg)) + 1  # each document's EOS is the last token of its segment

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from drope_jax import optim, sharding, state, step
+from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import ROPE
+from drope_jax.model import state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import ROPE
 from drope_jax.run_config import default_config
+from drope_jax.train import optim, step
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
                   qk_norm="proj", compute_dtype="float32").validate()

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from drope_jax import attention, sharding, splash, state
+from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import NOPE, PosEncoding
+from drope_jax.model import attention, splash, state
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import NOPE, PosEncoding
 
 
 def _qkv(t, n=4, k=2, h=32, b=2):
@@ -82,7 +83,7 @@ def test_auto_picks_splash_on_tpu_cudnn_on_gpu_xla_on_cpu(monkeypatch):
 @pytest.mark.parametrize("seq_len, has_bias, why", [(1024, True, "ALiBi"), (1000, False, "divisible by 128")])
 def test_splash_falls_back_to_xla_and_says_so(seq_len, has_bias, why, caplog):
     attention._warn_once.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="drope_jax.attention"):
+    with caplog.at_level(logging.WARNING, logger="drope_jax.model.attention"):
         assert attention.choose_implementation("splash", jnp.bfloat16, seq_len, has_bias=has_bias,
                                                has_mask=False) == "xla"
     assert why in caplog.text

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from drope_jax import checkpoint, train
 from drope_jax.errors import ConfigError
 from drope_jax.run_config import default_config, make_plan
+from drope_jax.train import checkpoint, loop
 
 
 def tiny_config(**sections):
@@ -42,7 +42,7 @@ def read_metrics(workdir) -> dict[int, dict]:
 
 
 def test_flip_happens_at_the_configured_step_and_loss_falls(tmp_path):
-    result = train.run(tiny_config(train=dict(total_steps=24), drope=dict(flip_step=16)), tmp_path)
+    result = loop.run(tiny_config(train=dict(total_steps=24), drope=dict(flip_step=16)), tmp_path)
     m = read_metrics(tmp_path)
     assert sorted(m) == list(range(1, 25))
     assert [m[s]["phase"] for s in range(1, 25)] == ["rope"] * 16 + ["nope"] * 8
@@ -57,10 +57,10 @@ def test_flip_happens_at_the_configured_step_and_loss_falls(tmp_path):
 @pytest.mark.parametrize("stops", [(5, 10), (8,)], ids=["before-and-across-flip", "at-flip"])
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stops):
     sections = dict(drope=dict(flip_step=8))
-    train.run(tiny_config(**sections), tmp_path / "straight")
+    loop.run(tiny_config(**sections), tmp_path / "straight")
     for stop in stops:
-        assert train.run(tiny_config(train=dict(stop_at_step=stop), **sections), tmp_path / "resumed") == {}
-    train.run(tiny_config(**sections), tmp_path / "resumed")
+        assert loop.run(tiny_config(train=dict(stop_at_step=stop), **sections), tmp_path / "resumed") == {}
+    loop.run(tiny_config(**sections), tmp_path / "resumed")
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert sorted(resumed) == sorted(straight) == list(range(1, 13))
     for s in straight:
@@ -69,10 +69,10 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stops):
 
 
 def test_a_workdir_of_another_model_is_refused_and_not_touched(tmp_path):
-    train.run(tiny_config(train=dict(stop_at_step=4)), tmp_path)
+    loop.run(tiny_config(train=dict(stop_at_step=4)), tmp_path)
     before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "checkpoints").rglob("*"))
     with pytest.raises(ConfigError, match="num_layers: checkpoint 2 vs config 3"):
-        train.run(tiny_config(model=dict(num_layers=3)), tmp_path)
+        loop.run(tiny_config(model=dict(num_layers=3)), tmp_path)
     after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "checkpoints").rglob("*"))
     assert before == after
 
@@ -87,7 +87,7 @@ def test_a_workdir_of_another_model_is_refused_and_not_touched(tmp_path):
 ])
 def test_bad_config_is_refused_before_anything_runs(tmp_path, sections, message):
     with pytest.raises(ConfigError, match=message):
-        train.run(tiny_config(**sections), tmp_path)
+        loop.run(tiny_config(**sections), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
@@ -102,7 +102,7 @@ def test_budgets_in_tokens_become_steps():
 @pytest.mark.parametrize("reset", [True, False], ids=["fresh-moments", "carried-moments"])
 def test_qk_norm_switched_on_at_the_flip_starts_at_one(tmp_path, reset):
     c = tiny_config(model=dict(qk_norm="proj"), drope=dict(qk_norm_at_flip=True, reset_opt_state=reset))
-    train.run(c, tmp_path)
+    loop.run(c, tmp_path)
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
     spec_params = _abstract_params(c)
     at_flip = ckpt.restore_params(8, spec_params)["blocks"]["attn"]["q_norm"]["weight"]
@@ -119,21 +119,21 @@ def test_qk_norm_switched_on_at_the_flip_starts_at_one(tmp_path, reset):
 
 
 def test_init_from_names_missing_parameters_and_refuses_mismatches(tmp_path, capsys):
-    train.run(tiny_config(train=dict(stop_at_step=4)), tmp_path / "base")
+    loop.run(tiny_config(train=dict(stop_at_step=4)), tmp_path / "base")
     c = tiny_config(model=dict(qk_norm="proj"), train=dict(total_steps=2), drope=dict(flip_step=0))
     c.init_from = str(tmp_path / "base")
-    train.run(c, tmp_path / "recal")
+    loop.run(c, tmp_path / "recal")
     out = capsys.readouterr().out
     assert "blocks/attn/q_norm/weight" in out and "initialized fresh" in out
     bad = tiny_config(model=dict(mlp_dim=96))
     bad.init_from = str(tmp_path / "base")
     with pytest.raises(ConfigError, match="blocks/mlp/down_FD"):
-        train.run(bad, tmp_path / "bad")
+        loop.run(bad, tmp_path / "bad")
 
 
 def _abstract_params(c):
     from drope_jax import sharding
-    from drope_jax.state import model_spec
+    from drope_jax.model.state import model_spec
     mesh = sharding.make_mesh()
     spec = model_spec(make_plan(c).model)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -148,6 +148,6 @@ def test_checkpoints_by_time_beside_those_by_step(tmp_path):
         config = tiny_config(drope={"flip_step": None}, checkpoint={"every_steps": 1000, "keep": 10,
                                                                      "every_minutes": minutes},
                              log={"every_steps": 3}, eval={"lengths": (1,)})
-        train.run(config, workdir, evaluate=False)
+        loop.run(config, workdir, evaluate=False)
         steps[minutes] = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == {0.0: [12], 1e-9: [3, 6, 9, 12]}

@@ -11,7 +11,7 @@ import json
 import pathlib
 
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
+from drope_jax.model.config import ModelConfig
 
 # model_type -> (what it covers, defaults of the keys that save_pretrained may omit)
 _LLAMA = dict(tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000.0)
@@ -62,7 +62,7 @@ def rope_theta_of(c: dict, default: float) -> float:
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
         raise HFFormatError(f"config.json has RoPE scaling {kind!r}; the model implements plain RoPE only "
-                            "(drope_jax/positions.py)")
+                            "(drope_jax/model/positions.py)")
     return float(params.get("rope_theta", c.get("rope_theta", default)))
 
 

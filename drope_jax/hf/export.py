@@ -17,9 +17,10 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from drope_jax import checkpoint, sharding
+from drope_jax import sharding
 from drope_jax.hf import configs, load, weights
-from drope_jax.model_config import ModelConfig
+from drope_jax.model.config import ModelConfig
+from drope_jax.train import checkpoint
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 MAX_SHARD_BYTES = 5 * 2**30

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from drope_jax import checkpoint, sharding
+from drope_jax import sharding
 from drope_jax.hf import configs, weights
-from drope_jax.model_config import ModelConfig
-from drope_jax.state import model_spec
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.state import model_spec
+from drope_jax.train import checkpoint
 
 # Fields of config.model that must equal the checkpoint's (qk_norm is checked on its own).
 # What a Hugging Face checkpoint fixes: shapes and math. QK-norm is compared apart (weights may be added).

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from drope_jax.hf.configs import HFFormatError
-from drope_jax.model_config import ModelConfig
+from drope_jax.model.config import ModelConfig
 
 LAYER = "model.layers.{i}."
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved; recomputed, never loaded

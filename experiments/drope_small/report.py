@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from drope_jax import eval_report
+from drope_jax.eval import report
 
 ARM_LABELS = {"rope": "RoPE", "nope": "NoPE", "drope": "DroPE", "drope_qknorm": "DroPE + QK-norm"}
 
@@ -62,7 +62,7 @@ def plot_training(arms: dict, path: pathlib.Path) -> None:
     full.set(title="Training loss (dotted: the flip to NoPE)", ylim=(1.4, 3.0))
     zoom.set(title="Around the flip", xlim=(flip - 400, total), ylim=(1.4, 3.4))
     full.legend(fontsize=8)
-    eval_report.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 def plot_in_training_ppl(arms: dict, path: pathlib.Path) -> None:
@@ -76,7 +76,7 @@ def plot_in_training_ppl(arms: dict, path: pathlib.Path) -> None:
         ax.set(xlabel="step", ylabel="held-out perplexity", yscale="log",
                title=f"Held-out perplexity at {multiple} the context, during training")
     axes[0].legend(fontsize=8)
-    eval_report.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 def claims(main: dict, ruler: dict) -> str:
@@ -85,8 +85,8 @@ def claims(main: dict, ruler: dict) -> str:
              " | ".join(f"NIAH {m}x (code / RULER)" for m in ("1", "2", "4")) + " |",
              "|---" * (1 + len(main["lengths"]) + 3) + "|"]
     for method in ppl:
-        code = eval_report.niah_mean(main, method)
-        english = eval_report.niah_mean(ruler, method) if method in ruler["niah"] else None
+        code = report.niah_mean(main, method)
+        english = report.niah_mean(ruler, method) if method in ruler["niah"] else None
         cells = [f"{ppl[method][m]:.2f}" for m in main["lengths"]]
         cells += [f"{code[m]:.2f} / {english[m]:.2f}" if english else f"{code[m]:.2f} / -" for m in ("1", "2", "4")]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -118,10 +118,10 @@ def main():
     ruler_results = merged_results(round1)
     plot_training(curve_arms, data / "training_loss.png")
     plot_in_training_ppl(curve_arms, data / "in_training_ppl.png")
-    eval_report.plot_perplexity(main_results, data / "ppl_vs_length.png")
-    eval_report.plot_loss_by_position(main_results, data / "loss_by_position.png")
-    eval_report.plot_niah(merged_results(round2), data / "niah_heatmap_code.png")
-    eval_report.plot_niah(ruler_results, data / "niah_heatmap_ruler.png")
+    report.plot_perplexity(main_results, data / "ppl_vs_length.png")
+    report.plot_loss_by_position(main_results, data / "loss_by_position.png")
+    report.plot_niah(merged_results(round2), data / "niah_heatmap_code.png")
+    report.plot_niah(ruler_results, data / "niah_heatmap_ruler.png")
     print("## Results (round 2; DroPE + QK-norm from round 1)\n")
     print(claims(main_results, ruler_results))
     print("\n## Training loss, round 2 (+ QK-norm arm, round 1)\n")

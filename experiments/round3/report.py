@@ -14,7 +14,7 @@ import json
 import pathlib
 import sys
 
-from drope_jax import niah
+from drope_jax.data import niah
 
 GATE = 0.8  # single-key and multikey at 1x, each
 GATE_TASKS = ("passkey", "multikey")

@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from drope_jax import run_setup, train
+from drope_jax.train import loop, setup
 
 import harness
 
@@ -25,7 +25,7 @@ def reference(tmp_path_factory, xla_cache):
     """The tiny run, uninterrupted, in this process on 8 devices (fsdp=8)."""
     workdir = tmp_path_factory.mktemp("reference")
     with harness.compile_cache(xla_cache):
-        train.run(harness.config(), workdir)
+        loop.run(harness.config(), workdir)
     return harness.Reference(workdir, harness.losses(workdir))
 
 
@@ -47,7 +47,7 @@ def launch(xla_cache):
 @pytest.fixture
 def nothing_lowered():
     """Fails the test if JAX lowered (so would compile) any program meanwhile."""
-    run_setup.make_setup(harness.config())  # primes the eager scalars (optax's step count) every setup makes
+    setup.make_setup(harness.config())  # primes the eager scalars (optax's step count) every setup makes
     lowered = []
 
     def listener(event, duration, **kwargs):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from drope_jax import train
 from drope_jax.errors import ConfigError
+from drope_jax.train import loop
 
 import harness
 
@@ -19,7 +19,7 @@ import harness
 ], ids=["kv-heads", "head-dim", "flip-beyond-budget", "batch-vs-devices", "num-devices"])
 def test_config_errors(tmp_path, nothing_lowered, sections, message):
     with pytest.raises(ConfigError, match=message) as e:
-        train.run(harness.config(**sections), tmp_path / "run")
+        loop.run(harness.config(**sections), tmp_path / "run")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()
 
@@ -28,7 +28,7 @@ def test_a_workdir_of_another_model_is_refused_untouched(tmp_path, reference, no
     workdir = reference.checkpoint_copy(tmp_path, 8)
     before = harness.snapshot(workdir)
     with pytest.raises(ConfigError, match=r"different model \(num_layers: checkpoint 2 vs config 3\)"):
-        train.run(harness.config(model=dict(num_layers=3)), workdir)
+        loop.run(harness.config(model=dict(num_layers=3)), workdir)
     assert harness.snapshot(workdir) == before
 
 

@@ -4,7 +4,7 @@ quantity; a non-finite state is never saved."""
 import numpy as np
 import pytest
 
-from drope_jax import checkpoint, run_setup, train
+from drope_jax.train import checkpoint, loop, setup
 
 import harness
 
@@ -16,12 +16,12 @@ FAULTS = dict(nonfinite_loss_at=(3,), nonfinite_params_at=(5,))
 def newest_state(workdir):
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     step = ckpt.latest_step()
-    return step, ckpt.restore(step, run_setup.make_setup(harness.config()).abstract_state())
+    return step, ckpt.restore(step, setup.make_setup(harness.config()).abstract_state())
 
 
 def test_a_faulty_step_is_skipped_and_a_nonfinite_state_is_never_saved(tmp_path):
     with pytest.raises(checkpoint.NotSaved, match=r"step 6: the train state has non-finite values in params/"):
-        train.run(harness.config(faults=FAULTS, train=dict(max_consecutive_nonfinite=10)), tmp_path)
+        loop.run(harness.config(faults=FAULTS, train=dict(max_consecutive_nonfinite=10)), tmp_path)
     records = {r["step"]: r for r in harness.metric_records(tmp_path)}
     assert [records[s]["skipped"] for s in range(1, 6)] == [False, False, True, False, False]
     assert np.isnan(records[3]["loss"]) and all(np.isfinite(records[s]["loss"]) for s in (4, 5))
@@ -37,7 +37,7 @@ def test_a_faulty_step_is_skipped_and_a_nonfinite_state_is_never_saved(tmp_path)
     (dict(faults=FAULTS, train=dict(nonfinite="stop")), r"step 3: non-finite loss nan; 1 step\(s\)"),
 ], ids=["3-consecutive-grad-faults", "policy-stop"])
 def test_repeated_faults_stop_the_run_naming_step_and_quantity(tmp_path, sections, message):
-    with pytest.raises(train.TrainingStopped, match=message):
-        train.run(harness.config(**sections), tmp_path)
+    with pytest.raises(loop.TrainingStopped, match=message):
+        loop.run(harness.config(**sections), tmp_path)
     step, state = newest_state(tmp_path)
     assert step <= 4 and not checkpoint.nonfinite_leaves(state)

@@ -3,7 +3,7 @@
 import re
 import signal
 
-from drope_jax import train
+from drope_jax.train import loop
 
 import harness
 
@@ -20,6 +20,6 @@ def test_sigterm_saves_and_exits_zero_and_the_relaunch_resumes_there(tmp_path, l
     assert harness.complete_steps(tmp_path)[-1] == step  # saved there, whatever the every_steps cadence
     assert not harness.incomplete_saves(tmp_path)
 
-    train.run(harness.config(), tmp_path)
+    loop.run(harness.config(), tmp_path)
     assert f"at step {step} " in capsys.readouterr().out
     harness.assert_losses_equal(tmp_path, reference.losses)

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from drope_jax import resume, train
 from drope_jax.errors import ConfigError
+from drope_jax.train import loop, resume
 
 import harness
 
@@ -14,7 +14,7 @@ import harness
 def test_an_unusable_checkpoint_directory_fails_at_start_up(tmp_path, nothing_lowered):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ConfigError, match=r"cannot write checkpoints to .*file/run/checkpoints \(Not a directory\)"):
-        train.run(harness.config(), tmp_path / "file" / "run")
+        loop.run(harness.config(), tmp_path / "file" / "run")
 
 
 def test_a_full_disk_at_start_up_fails_before_anything_runs(tmp_path, launch, reference):
@@ -41,7 +41,7 @@ def test_a_disk_filling_up_mid_run_stops_with_an_error_and_keeps_the_last_good_c
     assert len(errors) == 1 and f"newest complete checkpoint in {tmp_path}/checkpoints (step {kept}) is kept" \
         in errors[0], run.output()
 
-    train.run(harness.config(), tmp_path)  # space is back: the relaunch continues from there
+    loop.run(harness.config(), tmp_path)  # space is back: the relaunch continues from there
     assert f"at step {kept} " in capsys.readouterr().out
     harness.assert_losses_equal(tmp_path, reference.losses)
 
@@ -56,11 +56,11 @@ def test_a_corrupt_checkpoint_is_named_and_skipped_only_when_asked(tmp_path, ref
                                                 r"\(ValueError: .*"
                                                 r"Error reading .* at local file .*/10/state/.*"
                                                 r"fallback_on_corrupt=true to resume from step 8"):
-        train.run(config, workdir)
+        loop.run(config, workdir)
     assert harness.snapshot(workdir / "checkpoints") == before
 
     config.checkpoint.fallback_on_corrupt = True
-    train.run(config, workdir)
+    loop.run(config, workdir)
     out = capsys.readouterr().out
     moved = re.search(r"renamed it to (10\.unreadable-\d+) and falling back to step 8", out).group(1)
     assert "resumed from" in out and "at step 8 " in out

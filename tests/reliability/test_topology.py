@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from drope_jax import train
+from drope_jax.train import loop
 
 import harness
 
@@ -12,7 +12,7 @@ import harness
                          ids=["4-devices-fsdp4", "8-devices-data2xfsdp4"])
 def test_a_checkpoint_from_fsdp8_continues_on_another_mesh(tmp_path, reference, capsys, mesh):
     workdir = reference.checkpoint_copy(tmp_path, 8)  # written by the reference run: 8 devices, fsdp=8
-    train.run(harness.config(mesh=mesh, train=dict(stop_at_step=10)), workdir)
+    loop.run(harness.config(mesh=mesh, train=dict(stop_at_step=10)), workdir)
     out = capsys.readouterr().out
     assert "at step 8 " in out and f"'data': {mesh['data']}, 'fsdp': {mesh['fsdp']}" in out
     resumed = harness.losses(workdir)

@@ -11,7 +11,7 @@ QK_NORM_KINDS = ("none", "proj", "head")
 REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_saveable",
                   "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/attention.py
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/model/attention.py
 
 
 def _field(kind: str, default=dataclasses.MISSING):

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from drope_jax import data, sharding
-from drope_jax.loss import token_nll
-from drope_jax.positions import PosEncoding, as_data
-from drope_jax.state import ModelSpec, apply
+from drope_jax import sharding
+from drope_jax.data import pipeline
+from drope_jax.model.loss import token_nll
+from drope_jax.model.positions import PosEncoding, as_data
+from drope_jax.model.state import ModelSpec, apply
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm", "query_chunk"))
@@ -85,7 +86,7 @@ class InTrainingEval:
     def __init__(self, config, plan, spec: ModelSpec, corpus):
         self.config, self.plan, self.spec = config, plan, spec
         self.every = config.eval.every_steps or 0
-        self.sequences = data.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
+        self.sequences = pipeline.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
                                              config.eval.num_sequences)[0] if self.every else {}
 
     def due(self, step: int) -> bool:

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from drope_jax.checkpoint import Checkpointer, check_same_model
 from drope_jax.errors import ConfigError
 from drope_jax.run_config import Plan
+from drope_jax.train.checkpoint import Checkpointer, check_same_model
 
 
 class Unreadable(ConfigError):

@@ -1,7 +1,7 @@
 """Compile the real train step for a TPU slice on a CPU-only host, and say whether it fits.
 
 The step is ``Setup.phase_step``, the one the run jits, lowered for abstract state and batch placed
-with NamedShardings on the slice's compile-only devices (``drope_jax.tpu``), with splash attention.
+with NamedShardings on the slice's compile-only devices (``drope_jax.tpu.topology``), with splash attention.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import re
 import jax
 import jax.numpy as jnp
 
-from drope_jax import metrics, sharding
+from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.run_setup import make_setup
-from drope_jax.tpu import TpuSlice
+from drope_jax.tpu.topology import TpuSlice
+from drope_jax.train import metrics
+from drope_jax.train.setup import make_setup
 
 
 @dataclasses.dataclass(frozen=True)

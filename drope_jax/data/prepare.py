@@ -21,8 +21,8 @@ import zlib
 
 import numpy as np
 
+from drope_jax.data.tokenizer import load_tokenizer, token_dtype
 from drope_jax.errors import ConfigError
-from drope_jax.tokenizer import load_tokenizer, token_dtype
 
 FORMATS = ("text", "jsonl", "parquet")
 METADATA = "metadata.json"

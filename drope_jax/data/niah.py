@@ -37,7 +37,7 @@ orchid otter palace panther pebble pepper pigeon pillow planet pocket quartz rab
 salmon sapphire scarlet shadow silver spider spruce summit sunset tiger timber tomato topaz tulip tunnel turtle
 velvet violet walnut willow window winter zebra
 """.split())
-# The keys of generated training documents (``drope_jax.retrieval``): disjoint from WORDS, so that an
+# The keys of generated training documents (``drope_jax.data.retrieval``): disjoint from WORDS, so that an
 # evaluation never asks for a key the model saw in training.
 TRAIN_WORDS = tuple("""
 acorn almond anchor antler arrow aspen autumn bamboo banner barley basin beacon beetle birch bison blossom bonnet

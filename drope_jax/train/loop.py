@@ -13,12 +13,15 @@ import time
 
 import jax
 
-from drope_jax import branch, checkpoint, data, evaluation, metrics, optim, preemption, resume, retrieval, sharding
+from drope_jax import sharding
+from drope_jax.data import pipeline, retrieval
 from drope_jax.errors import ConfigError
-from drope_jax.positions import NOPE
+from drope_jax.eval import perplexity
+from drope_jax.model.positions import NOPE
+from drope_jax.model.state import count_params, init_params
 from drope_jax.run_config import Plan
-from drope_jax.run_setup import Setup, make_setup, with_shardings
-from drope_jax.state import count_params, init_params
+from drope_jax.train import branch, checkpoint, metrics, optim, preemption, resume
+from drope_jax.train.setup import Setup, make_setup, with_shardings
 
 
 class TrainingStopped(RuntimeError):
@@ -39,7 +42,7 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
     workdir = pathlib.Path(workdir)
     setup = make_setup(config)
     plan, mesh = setup.plan, setup.mesh
-    corpus = data.open_corpus(config.data)
+    corpus = pipeline.open_corpus(config.data)
     if corpus.vocab_size > plan.model.vocab_size:
         raise ConfigError(f"the dataset {corpus.path} has a vocab of {corpus.vocab_size}, larger than "
                           f"config.model.vocab_size ({plan.model.vocab_size}); raise it or use another dataset")
@@ -66,7 +69,7 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
     generated = retrieval.from_config(config.data, corpus, config.train.global_batch_size)
     if generated:
         log(f"data: {generated.describe(config.train.global_batch_size)}")
-    data_iter = iter(data.train_dataset(
+    data_iter = iter(pipeline.train_dataset(
         corpus.documents("train"), seq_len=config.data.seq_len, global_batch_size=config.train.global_batch_size,
         seed=config.data.shuffle_seed, process_index=jax.process_index(), process_count=jax.process_count(),
         document_masking=config.data.document_masking, generated=generated))
@@ -95,7 +98,7 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
 
         with preemption.Watch(ckpt) as preempt:
             end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir,
-                                  evaluation.InTrainingEval(config, plan, setup.spec, corpus), preempt)
+                                  perplexity.InTrainingEval(config, plan, setup.spec, corpus), preempt)
             ckpt.wait()
         if end_step < plan.total_steps:
             why = "preempted by SIGTERM" if preempt.stopped_at is not None else "config.train.stop_at_step"
@@ -220,7 +223,7 @@ def apply_flip(setup: Setup, state, step: int):
     return state
 
 
-def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source=None) -> dict:
+def final_eval(config, plan: Plan, spec, ckpt, corpus: pipeline.Corpus, mesh, source=None) -> dict:
     """Held-out perplexity at each context multiple, on the same text at every length, for the last
     RoPE-phase model, the RoPE control (when branched from one that ran to the same budget) and the final one."""
     models = []  # (name, the RoPE run it comes from or None for this one, step, position encoding, QK-norm on)
@@ -236,14 +239,14 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: data.Corpus, mesh, source
 
     lengths = [m * config.data.seq_len for m in config.eval.lengths]
     results = {"train_context": config.data.seq_len, "lengths": lengths, "perplexity": {}}
-    sequences, results["documents"] = data.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
+    sequences, results["documents"] = pipeline.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
                                                           config.eval.num_sequences)
     title = f"held-out perplexity ({results['documents']} docs)"
     rows = [f"{title:<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))]
     abstract = with_shardings(spec.abstract_params, spec.shardings(mesh))
     for name, where, step, pos, use_qk in models:
         params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
-        ppl = [evaluation.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
+        ppl = [perplexity.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
                                      batch_size=config.eval.batch_size) for m in config.eval.lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
         rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import optax
 
 from drope_jax import sharding
-from drope_jax.loss import token_nll
-from drope_jax.positions import PosEncoding
-from drope_jax.state import ModelSpec, apply
+from drope_jax.model.loss import token_nll
+from drope_jax.model.positions import PosEncoding
+from drope_jax.model.state import ModelSpec, apply
 
 
 def init_state(params: dict, tx: optax.GradientTransformation) -> dict:

@@ -21,12 +21,13 @@ import pathlib
 import jax
 import ml_collections
 
-from drope_jax import branch, checkpoint, sharding
+from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import NOPE, PosEncoding
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.positions import NOPE, PosEncoding
+from drope_jax.model.state import model_spec
 from drope_jax.run_config import default_config, make_plan
-from drope_jax.state import model_spec
+from drope_jax.train import branch, checkpoint
 
 SCALINGS = {"rope": "none", "pi": "linear", "ntk": "ntk", "yarn": "yarn"}
 TRAINED = {  # whether a run's (config.positions, flip step) was trained with the method from scratch

@@ -3,7 +3,7 @@
 A model learns to look a key up only if its data asks it to: a 44M model trained on source code alone
 learned to copy but not to retrieve (docs/reproduction.md, round 2). With ``config.data.retrieval_share``
 > 0, that share of the rows of every global batch is generated. A generated row holds one or more
-documents in the NIAH forms of the evaluation (``drope_jax.niah``: passkey, multikey, multivalue,
+documents in the NIAH forms of the evaluation (``drope_jax.data.niah``: passkey, multikey, multivalue,
 multiquery), each of a random length up to the row, ending with its correct answer and EOS, so needle
 and query lie anywhere from a few tokens to the whole training context apart.
 
@@ -19,7 +19,7 @@ import dataclasses
 
 import numpy as np
 
-from drope_jax import niah
+from drope_jax.data import niah
 from drope_jax.errors import ConfigError
 
 MIN_HAYSTACK = 16  # text tokens a generated document holds at least, beside its needles, query and answer

@@ -22,9 +22,9 @@ import tempfile
 import grain
 import numpy as np
 
-from drope_jax import prepare, retrieval
+from drope_jax.data import prepare, retrieval
+from drope_jax.data.tokenizer import ByteTokenizer, HFTokenizer
 from drope_jax.errors import ConfigError
-from drope_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 SOURCES = ("arrayrecord", "python_stdlib")
 

@@ -3,7 +3,7 @@
 ``model(tokens_BT, pos=ROPE)`` and ``model(tokens_BT, pos=NOPE)`` use the same parameters.
 Layers are stacked along a leading ``layers`` axis and run with ``jax.lax.scan``; a per-layer
 position pattern (``PosEncoding.nope_every``) enters the scan as a [L] bool array. With a KV cache
-(``drope_jax.decode``) the call also returns the updated cache.
+(``drope_jax.eval.decode``) the call also returns the updated cache.
 Shape suffixes: B batch, T sequence, S cached keys, L layers, D d_model, N query heads, K kv heads,
 H head_dim, F mlp_dim, V vocab.
 """
@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from drope_jax.attention import causal_attention
-from drope_jax.model_config import REMAT_POLICIES, ModelConfig
-from drope_jax.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
+from drope_jax.model.attention import causal_attention
+from drope_jax.model.config import REMAT_POLICIES, ModelConfig
+from drope_jax.model.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
 
 
@@ -179,7 +179,7 @@ class Transformer(nnx.Module):
         ``segment_ids_BT`` confines attention to each packed document. ``use_qk_norm=False`` skips
         QK-norm weights that exist but are not yet switched on (a run that adds QK-norm at the flip).
         ``cache`` is ``{"k": [L, B, S, K, H], "v": [L, B, S, K, H], "length": int32}`` (see
-        ``drope_jax.decode``); a length of the Python int 0 marks a prefill into an empty cache.
+        ``drope_jax.eval.decode``); a length of the Python int 0 marks a prefill into an empty cache.
         ``query_chunk`` bounds attention memory for long inputs (see attention.py).
         ``rope_table``: RoPE's frequencies as data (``positions.as_data``), so scalings share a program."""
         cfg = self.cfg

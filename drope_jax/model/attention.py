@@ -16,7 +16,7 @@ static window, which needs no T x S mask. ``implementation`` ("auto", "xla", "cu
 
 - NVIDIA GPU: cuDNN's fused attention (XLA's materializes T x S scores: ~2x slower for the whole
   0.5B train step at 1K tokens, ~19x for attention alone at 8K);
-- TPU: the Pallas splash-attention kernel (``drope_jax.splash``), document masks included;
+- TPU: the Pallas splash-attention kernel (``drope_jax.model.splash``), document masks included;
 - elsewhere: XLA.
 
 ALiBi's bias (and, on GPU, document masks) take the XLA path, as do cached decoding and chunked
@@ -31,8 +31,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from drope_jax import splash
-from drope_jax.model_config import ATTENTION_BACKENDS
+from drope_jax.model import splash
+from drope_jax.model.config import ATTENTION_BACKENDS
 
 
 def default_implementation(dtype, *, needs_bias_or_mask: bool = False, platform: str | None = None) -> str:

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from drope_jax import niah
+from drope_jax.data import niah
 
 
 def write(results: dict, out_dir) -> list[pathlib.Path]:

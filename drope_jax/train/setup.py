@@ -10,11 +10,12 @@ from typing import Any
 
 import jax
 
-from drope_jax import optim, sharding
-from drope_jax.faults import Faults
+from drope_jax import sharding
+from drope_jax.model.state import init_params, model_spec
 from drope_jax.run_config import Plan, make_plan
-from drope_jax.state import init_params, model_spec
-from drope_jax.step import init_state, jit_train_step, make_train_step, state_shardings
+from drope_jax.train import optim
+from drope_jax.train.faults import Faults
+from drope_jax.train.step import init_state, jit_train_step, make_train_step, state_shardings
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from drope_jax.errors import ConfigError
-from drope_jax.model_config import ModelConfig
+from drope_jax.model.config import ModelConfig
 
 # Fields that change parameter shapes; the others (dtypes of compute, remat, ...) may differ on resume.
 SHAPE_FIELDS = ModelConfig.names("shape")

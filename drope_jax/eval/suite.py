@@ -16,9 +16,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from drope_jax import data, decode, evaluation, niah
+from drope_jax.data import niah, pipeline
 from drope_jax.errors import ConfigError
-from drope_jax.eval_methods import Run, method_pos, method_weights
+from drope_jax.eval import decode, perplexity
+from drope_jax.eval.methods import Run, method_pos, method_weights
 
 PPL_TASK, NIAH_TASK = "ppl", "niah"
 
@@ -58,7 +59,7 @@ class _Progress:
 
 
 def evaluate(run: Run, settings: Settings, log=print) -> dict:
-    corpus = data.open_corpus(run.config.data)
+    corpus = pipeline.open_corpus(run.config.data)
     context = run.context
     chunk = settings.query_chunk or None
     runs = {None: run}
@@ -73,7 +74,7 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                  for name, where in settings.methods}
     held_out = None  # ({length: rows}, documents): the same text for every method
     if PPL_TASK in settings.tasks:
-        held_out = data.same_text_rows(corpus, context, settings.lengths, settings.ppl_sequences)
+        held_out = pipeline.same_text_rows(corpus, context, settings.lengths, settings.ppl_sequences)
     generator, prompts = None, {}
     if NIAH_TASK in settings.tasks:
         tokenizer = corpus.tokenizer()
@@ -172,10 +173,10 @@ def _perplexity(results, label, source, weights, encodings, held_out, rows_per_b
             progress.step(f"{label} ppl {m}x")
             continue
         sequences = rows[m]
-        nll_T = evaluation.position_nll(source.spec, weights.params, sequences, pos, use_qk_norm=weights.use_qk_norm,
+        nll_T = perplexity.position_nll(source.spec, weights.params, sequences, pos, use_qk_norm=weights.use_qk_norm,
                                         batch_size=rows_per_batch[m], query_chunk=chunk, mesh=mesh)
         ppl[str(m)] = math.exp(float(np.mean(nll_T)))
-        by_position[str(m)] = {"bucket_tokens": width, "nll": evaluation.bucket_means(nll_T, width),
+        by_position[str(m)] = {"bucket_tokens": width, "nll": perplexity.bucket_means(nll_T, width),
                                "sequences": int(len(sequences)), "documents": documents}
         done[key] = ppl[str(m)], by_position[str(m)]
         progress.step(f"{label} ppl {m}x")
@@ -239,13 +240,13 @@ def answer_and_score(spec, params, pos, generator, samples, batch_size: int, *, 
     rows = np.concatenate([np.stack([s.prompt for s in samples]), teacher], axis=1)
     prompt = len(samples[0].prompt)
     texts, nlls = [], []
-    for batch, real in evaluation.full_batches(rows, batch_size):
-        tokens, nll_BA = decode.greedy_generate(params, evaluation.place(batch[:, :prompt], mesh), spec=spec,
+    for batch, real in perplexity.full_batches(rows, batch_size):
+        tokens, nll_BA = decode.greedy_generate(params, perplexity.place(batch[:, :prompt], mesh), spec=spec,
                                                 pos=pos, max_new_tokens=room + 1, use_qk_norm=use_qk_norm,
                                                 query_chunk=query_chunk,
-                                                teacher_BA=evaluation.place(batch[:, prompt:], mesh))
-        texts += [generator.tokenizer.decode(row) for row in evaluation.to_host(tokens)[:real]]
-        nlls.append(evaluation.to_host(nll_BA)[:real])
+                                                teacher_BA=perplexity.place(batch[:, prompt:], mesh))
+        texts += [generator.tokenizer.decode(row) for row in perplexity.to_host(tokens)[:real]]
+        nlls.append(perplexity.to_host(nll_BA)[:real])
     nll_NA = np.concatenate(nlls)
     return texts, [float(nll_NA[i, :len(a)].mean()) for i, a in enumerate(answers)]
 
@@ -258,7 +259,7 @@ def answer_nlls(spec, params, pos, generator, samples, batch_size: int, *, width
     prompt = len(samples[0].prompt)
     answers, padded = _answers(generator, samples, width and width - prompt)
     rows = np.concatenate([np.stack([s.prompt for s in samples]), padded], axis=1)
-    nll_NT = evaluation.row_nll(spec, params, rows, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
+    nll_NT = perplexity.row_nll(spec, params, rows, pos, use_qk_norm=use_qk_norm, batch_size=batch_size,
                                 query_chunk=query_chunk, mesh=mesh)
     return [float(nll_NT[i, prompt - 1:prompt - 1 + len(a)].mean()) for i, a in enumerate(answers)]
 
@@ -270,8 +271,8 @@ def generate_answers(spec, params, pos, generator, samples, batch_size: int, *, 
     tokenizer = generator.tokenizer
     max_new = max_new_tokens or max(len(tokenizer.encode(generator.answer_text(s))) for s in samples) + 1
     texts = []
-    for batch, real in evaluation.full_batches(np.stack([s.prompt for s in samples]), batch_size):
-        tokens = decode.greedy_generate(params, evaluation.place(batch, mesh), spec=spec, pos=pos,
+    for batch, real in perplexity.full_batches(np.stack([s.prompt for s in samples]), batch_size):
+        tokens = decode.greedy_generate(params, perplexity.place(batch, mesh), spec=spec, pos=pos,
                                         max_new_tokens=max_new, use_qk_norm=use_qk_norm, query_chunk=query_chunk)
-        texts += [tokenizer.decode(row) for row in evaluation.to_host(tokens)[:real]]
+        texts += [tokenizer.decode(row) for row in perplexity.to_host(tokens)[:real]]
     return texts

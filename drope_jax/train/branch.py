@@ -15,9 +15,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 
-from drope_jax import checkpoint
 from drope_jax.errors import ConfigError
 from drope_jax.run_config import Plan, default_config
+from drope_jax.train import checkpoint
 
 CONTROL_DIR = "rope_control"
 # What must equal between the two runs for the data position to mean the same batches.

@@ -13,10 +13,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from drope_jax.loss import token_nll
-from drope_jax.model_config import ModelConfig
-from drope_jax.positions import PosEncoding, as_data
-from drope_jax.state import ModelSpec, apply
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.loss import token_nll
+from drope_jax.model.positions import PosEncoding, as_data
+from drope_jax.model.state import ModelSpec, apply
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> dict:

@@ -8,7 +8,7 @@ import pathlib
 
 import jax
 
-from drope_jax.model_config import ModelConfig
+from drope_jax.model.config import ModelConfig
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {

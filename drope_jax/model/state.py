@@ -8,8 +8,8 @@ import jax
 from flax import nnx
 
 from drope_jax import sharding
-from drope_jax.model import Transformer
-from drope_jax.model_config import ModelConfig
+from drope_jax.model.config import ModelConfig
+from drope_jax.model.transformer import Transformer
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: usable as a static jit argument

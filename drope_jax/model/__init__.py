@@ -1,0 +1,11 @@
+"""The model: a decoder-only transformer whose position encoding is an argument, so one set of weights
+runs with RoPE, NoPE or any baseline.
+
+- ``config``: ``ModelConfig``, the one schema of model fields;
+- ``transformer``: the Flax NNX modules (attention, MLP, blocks in a layer scan, KV-cache calls);
+- ``attention``: causal attention on every backend (XLA, cuDNN, chunked queries, KV cache);
+- ``splash``: the TPU Pallas kernel's wrapper;
+- ``positions``: ``PosEncoding``: RoPE and its scalings, NoPE, ALiBi, layer patterns, windows;
+- ``state``: the model as pure data (``ModelSpec``), sharded parameter init and ``apply``;
+- ``loss``: next-token cross-entropy with a hand-written gradient.
+"""
