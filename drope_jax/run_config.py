@@ -99,11 +99,18 @@ def default_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict(dict(every_steps=10))
     c.eval = ml_collections.ConfigDict(dict(
         lengths=(1, 2, 4),  # multiples of data.seq_len, for the final and the in-training perplexity
-        num_sequences=16, batch_size=4,
+        num_sequences=16,  # held-out rows at the longest length; shorter ones cover the same text in more rows
+        batch_size=4,  # rows per forward at the longest length, as many tokens at shorter ones (evaluate's too)
         every_steps=0,  # >0: held-out perplexity at each length every this many steps, to metrics.jsonl
     ))
     c.init_from = ""  # a checkpoint directory, or "hf:DIR" (a Hugging Face one), whose parameters seed this run
     return c
+
+
+def qk_norm_applies(phase: str, qk_norm_at_flip: bool) -> bool:
+    """The one rule: QK-norm weights apply in every phase, except before the flip of a run that switches
+    them on at the flip (``drope.qk_norm_at_flip``)."""
+    return phase == "nope" or not qk_norm_at_flip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +138,7 @@ class Plan:
 
     def uses_qk_norm(self, phase: str) -> bool:
         """Whether the QK-norm weights (if the model has them) apply in ``phase``."""
-        return phase == "nope" or not self.qk_norm_at_flip
+        return qk_norm_applies(phase, self.qk_norm_at_flip)
 
     def summary(self, config, branched_from=None) -> dict:
         """The steps and the flip's choices as the run applies them (config.json's "plan")."""

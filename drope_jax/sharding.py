@@ -112,3 +112,8 @@ def host_batch_to_global(batch_np: np.ndarray, mesh) -> jax.Array:
     sharding = batch_sharding(mesh, batch_np.ndim)
     global_shape = (batch_np.shape[0] * jax.process_count(),) + batch_np.shape[1:]
     return jax.make_array_from_process_local_data(sharding, batch_np, global_shape)
+
+
+def with_shardings(abstract, shardings):
+    """ShapeDtypeStructs of ``abstract`` placed with ``shardings`` (what Orbax restores into, or AOT compiles for)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)

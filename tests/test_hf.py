@@ -174,7 +174,7 @@ def random_params(cfg: ModelConfig, seed=0) -> dict:
         return (base + scale * rng.standard_normal(x.shape)).astype(x.dtype)
 
     host = jax.tree_util.tree_map_with_path(draw, state.model_spec(cfg).abstract_params)
-    placed = load.placed_abstract(cfg, sharding.make_mesh())
+    placed = state.model_spec(cfg).placed_params(sharding.make_mesh())
     return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), host, placed)
 
 

@@ -26,7 +26,7 @@ from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.positions import NOPE, PosEncoding
 from drope_jax.model.state import model_spec
-from drope_jax.run_config import default_config, make_plan
+from drope_jax.run_config import default_config, make_plan, qk_norm_applies
 from drope_jax.train import branch, checkpoint
 
 SCALINGS = {"rope": "none", "pi": "linear", "ntk": "ntk", "yarn": "yarn"}
@@ -116,10 +116,8 @@ class Run:
                     raise ConfigError(f"{self.workdir} lacks the flip-step checkpoint {step} that the RoPE baselines "
                                       "use (train.py preserves it; was it deleted?)")
         phase = self.ckpt.meta(step)["phase"]
-        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                self.spec.abstract_params, self.spec.shardings(self.mesh))
-        params = self.ckpt.restore_params(step, abstract)
-        return Weights(params, step, phase, phase == "nope" or not qk_at_flip, f"{self.workdir} step {step}")
+        params = self.ckpt.restore_params(step, self.spec.placed_params(self.mesh))
+        return Weights(params, step, phase, qk_norm_applies(phase, qk_at_flip), f"{self.workdir} step {step}")
 
     def _rope_source(self, source: pathlib.Path) -> Weights:
         """The RoPE run this one branched from: its final weights if it ran to the same budget (annealed like

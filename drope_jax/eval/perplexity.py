@@ -74,6 +74,13 @@ def perplexity(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncod
     return math.exp(float(np.mean(nll_T)))
 
 
+def batch_rows(rows_at_longest: int, lengths, devices: int = 1) -> dict[int, int]:
+    """Rows per forward at each length: ``rows_at_longest`` at the longest, and as many tokens per forward at
+    the shorter ones, so short lengths fill the devices too; each a multiple of ``devices`` (rows split over them)."""
+    longest = max(lengths)
+    return {m: -(-rows_at_longest * longest // m // devices) * devices for m in lengths}
+
+
 def bucket_means(nll_T: np.ndarray, width: int) -> list[float]:
     """Mean NLL over consecutive position buckets [0, width), [width, 2 width), ..."""
     return [float(np.mean(nll_T[i:i + width])) for i in range(0, len(nll_T), width)]
@@ -94,8 +101,9 @@ class InTrainingEval:
 
     def __call__(self, params, step: int, phase: str) -> dict:
         record = {"step": step, "phase": phase}
+        rows_per_batch = batch_rows(self.config.eval.batch_size, self.config.eval.lengths)
         for m, seqs in self.sequences.items():
             record[f"eval/ppl_{m}x"] = perplexity(self.spec, params, seqs, self.plan.phase_pos(phase),
                                                   use_qk_norm=self.plan.uses_qk_norm(phase),
-                                                  batch_size=self.config.eval.batch_size)
+                                                  batch_size=rows_per_batch[m])
         return record

@@ -104,7 +104,7 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                   + len(settings.lengths) * len(settings.niah_tasks) * len(settings.depths) * (generator is not None))
     progress = _Progress(per_method * len(settings.methods))
     devices = run.mesh.size
-    rows_per_batch = batch_rows(settings.batch_size, settings.lengths, devices)
+    rows_per_batch = perplexity.batch_rows(settings.batch_size, settings.lengths, devices)
     timing = {"load": 0.0, PPL_TASK: 0.0, NIAH_TASK: 0.0}
     compiles = _Compilations()
     done = {}  # (task, weights, use_qk_norm, encoding, length) -> its results: equal cells are computed once
@@ -138,13 +138,6 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                          "compilations": compiles.count, "compile_seconds": round(compiles.seconds, 1),
                          "devices": devices, "rows_per_batch": {str(m): b for m, b in rows_per_batch.items()}}
     return results
-
-
-def batch_rows(rows_at_longest: int, lengths, devices: int) -> dict[int, int]:
-    """Rows per forward at each length: ``rows_at_longest`` at the longest, and as many tokens per forward at
-    the shorter ones, so short lengths fill the devices too; each a multiple of ``devices`` (rows split over them)."""
-    longest = max(lengths)
-    return {m: -(-rows_at_longest * longest // m // devices) * devices for m in lengths}
 
 
 class _Compilations:

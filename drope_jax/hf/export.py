@@ -20,6 +20,8 @@ from flax import traverse_util
 from drope_jax import sharding
 from drope_jax.hf import configs, load, weights
 from drope_jax.model.config import ModelConfig
+from drope_jax.model.state import model_spec
+from drope_jax.run_config import qk_norm_applies
 from drope_jax.train import checkpoint
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -112,10 +114,9 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
         raise configs.HFFormatError(f"{workdir}/checkpoints has no checkpoint at step {step}; it has {steps}")
     meta = ckpt.meta(step)
     cfg = ModelConfig.from_dict(meta["model"])
-    params = ckpt.restore_params(step, load.placed_abstract(cfg, sharding.make_mesh()))
+    params = ckpt.restore_params(step, model_spec(cfg).placed_params(sharding.make_mesh()))
     ckpt.close()
-    # A run that switches QK-norm on at the flip trains its RoPE phase without it.
-    qk_active = not (meta.get("qk_norm_at_flip") and meta["phase"] == "rope")
+    qk_active = qk_norm_applies(meta["phase"], bool(meta.get("qk_norm_at_flip")))
     if source_dir is None and (workdir / load.SOURCE_DIR).is_dir():
         source_dir = workdir / load.SOURCE_DIR
     hf_cfg = export_params(params, cfg, out, position=meta["phase"], qk_norm_active=qk_active, dtype=dtype,

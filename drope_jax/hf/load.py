@@ -75,12 +75,6 @@ def read_params(hf_dir, source: configs.HFSource, cfg: ModelConfig, abstract: di
     return traverse_util.unflatten_dict(loaded, sep="/")
 
 
-def placed_abstract(cfg: ModelConfig, mesh) -> dict:
-    spec = model_spec(cfg)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        spec.abstract_params, spec.shardings(mesh))
-
-
 def load_hf(hf_dir, cfg: ModelConfig | None = None, *, mesh=None, log=print) -> tuple[dict, configs.HFSource]:
     """Parameters of a Hugging Face checkpoint, sharded over ``mesh`` (default: all devices, FSDP), and what
     the checkpoint is. ``cfg`` defaults to the one config.json gives; another one must fit it."""
@@ -89,7 +83,7 @@ def load_hf(hf_dir, cfg: ModelConfig | None = None, *, mesh=None, log=print) -> 
         cfg = source.model
     else:
         check_fits(source, cfg, str(hf_dir))
-    abstract = placed_abstract(cfg, sharding.make_mesh() if mesh is None else mesh)
+    abstract = model_spec(cfg).placed_params(sharding.make_mesh() if mesh is None else mesh)
     return read_params(hf_dir, source, cfg, abstract, log=log), source
 
 

@@ -24,6 +24,10 @@ class ModelSpec:
     def shardings(self, mesh):
         return sharding.tree_shardings(self.logical_params, self.abstract_params, mesh)
 
+    def placed_params(self, mesh) -> dict:
+        """The parameters' ShapeDtypeStructs, each with its sharding on ``mesh``."""
+        return sharding.with_shardings(self.abstract_params, self.shardings(mesh))
+
 
 def model_spec(cfg: ModelConfig) -> ModelSpec:
     abstract_model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))

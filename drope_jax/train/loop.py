@@ -21,7 +21,7 @@ from drope_jax.model.positions import NOPE
 from drope_jax.model.state import count_params, init_params
 from drope_jax.run_config import Plan
 from drope_jax.train import branch, checkpoint, metrics, optim, preemption, resume
-from drope_jax.train.setup import Setup, make_setup, with_shardings
+from drope_jax.train.setup import Setup, make_setup
 
 
 class TrainingStopped(RuntimeError):
@@ -243,11 +243,12 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: pipeline.Corpus, mesh, so
                                                           config.eval.num_sequences)
     title = f"held-out perplexity ({results['documents']} docs)"
     rows = [f"{title:<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))]
-    abstract = with_shardings(spec.abstract_params, spec.shardings(mesh))
+    abstract = spec.placed_params(mesh)
+    rows_per_batch = perplexity.batch_rows(config.eval.batch_size, config.eval.lengths)
     for name, where, step, pos, use_qk in models:
         params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
-        ppl = [perplexity.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk,
-                                     batch_size=config.eval.batch_size) for m in config.eval.lengths]
+        ppl = [perplexity.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk, batch_size=rows_per_batch[m])
+               for m in config.eval.lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
         rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))
     log("\n".join(rows))

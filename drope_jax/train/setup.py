@@ -35,8 +35,8 @@ class Setup:
 
     def abstract_state(self):
         """ShapeDtypeStructs of the train state, placed on the mesh."""
-        return with_shardings(jax.eval_shape(functools.partial(init_state, tx=self.tx), self.spec.abstract_params),
-                               self.state_sh)
+        abstract = jax.eval_shape(functools.partial(init_state, tx=self.tx), self.spec.abstract_params)
+        return sharding.with_shardings(abstract, self.state_sh)
 
     def phase_step(self, phase: str):
         """The jitted train step of one phase: RoPE before the flip, NoPE after it."""
@@ -62,7 +62,3 @@ def make_setup(config, mesh=None) -> Setup:
 def _is_qk_norm(path: str) -> bool:
     return "q_norm" in path or "k_norm" in path
 
-
-def with_shardings(abstract, shardings):
-    """ShapeDtypeStructs of ``abstract`` placed with ``shardings``."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
