@@ -28,7 +28,9 @@ setup(
         # libtpu (~140 MB) compiles for TPU topologies on a CPU-only host: launch/aot_compile.py
         "tpu": ["jax[tpu]==0.10.2"],
         "parquet": ["pyarrow>=15"],  # launch/prepare_data.py --format=parquet
+        # lm-evaluation-harness on exported models (docs/hf.md); pinned: its Python API moves between releases
+        "eval": ["torch==2.13.0", "transformers>=5.0", "safetensors", "lm_eval[hf]==0.4.13"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors",
-                 "jax[tpu]==0.10.2", "pyarrow>=15", "ruff==0.17.6"],
+                 "jax[tpu]==0.10.2", "pyarrow>=15", "ruff==0.17.6", "lm_eval[hf]==0.4.13"],
     },
 )

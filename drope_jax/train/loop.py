@@ -1,4 +1,5 @@
-"""The training loop: RoPE until the flip step, NoPE after it, checkpoints, metrics and a final eval.
+"""The training job: RoPE until the flip step, NoPE after it, checkpoints, metrics, then the final table
+(``eval.final_table``).
 
 Relaunching with the same workdir resumes from the newest complete checkpoint, in the right phase.
 """
@@ -16,10 +17,8 @@ import jax
 from drope_jax import sharding
 from drope_jax.data import pipeline, retrieval
 from drope_jax.errors import ConfigError
-from drope_jax.eval import perplexity
-from drope_jax.model.positions import NOPE
+from drope_jax.eval import final_table, perplexity
 from drope_jax.model.state import count_params, init_params
-from drope_jax.run_config import Plan
 from drope_jax.train import branch, checkpoint, metrics, optim, preemption, resume
 from drope_jax.train.setup import Setup, make_setup
 
@@ -106,7 +105,9 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
                 f"command to resume from step {end_step}")
             ckpt.close()
             return {}
-        result = final_eval(config, plan, setup.spec, ckpt, corpus, mesh, source) if evaluate else {}
+        result = {}
+        if evaluate:
+            result = final_table.final_eval(config, plan, setup.spec, ckpt, corpus, mesh, source, log=log)
     ckpt.close()
     if jax.process_index() == 0 and evaluate:
         (workdir / "eval.json").write_text(json.dumps(result, indent=1))
@@ -221,35 +222,3 @@ def apply_flip(setup: Setup, state, step: int):
             state["opt_state"], state["params"])
         state = dict(state, opt_state=opt_state)
     return state
-
-
-def final_eval(config, plan: Plan, spec, ckpt, corpus: pipeline.Corpus, mesh, source=None) -> dict:
-    """Held-out perplexity at each context multiple, on the same text at every length, for the last
-    RoPE-phase model, the RoPE control (when branched from one that ran to the same budget) and the final one."""
-    models = []  # (name, the RoPE run it comes from or None for this one, step, position encoding, QK-norm on)
-    if plan.flip_step:
-        models.append((f"{plan.pos.kind} (step {plan.flip_step}, before the flip)", source, plan.flip_step,
-                       plan.pos, plan.uses_qk_norm("rope")))
-    if source is not None and branch.finished(source, plan):
-        models.append((f"{plan.pos.kind} control (step {plan.total_steps}, final)", source, plan.total_steps,
-                       plan.pos, plan.uses_qk_norm("rope")))
-    label = {None: plan.pos.kind, 0: "nope"}.get(plan.flip_step, "drope")
-    models.append((f"{label} (step {plan.total_steps}, final)", None, plan.total_steps,
-                   NOPE if plan.flip_step is not None else plan.pos, True))
-
-    lengths = [m * config.data.seq_len for m in config.eval.lengths]
-    results = {"train_context": config.data.seq_len, "lengths": lengths, "perplexity": {}}
-    sequences, results["documents"] = pipeline.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
-                                                          config.eval.num_sequences)
-    title = f"held-out perplexity ({results['documents']} docs)"
-    rows = [f"{title:<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))]
-    abstract = spec.placed_params(mesh)
-    rows_per_batch = perplexity.batch_rows(config.eval.batch_size, config.eval.lengths)
-    for name, where, step, pos, use_qk in models:
-        params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
-        ppl = [perplexity.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk, batch_size=rows_per_batch[m])
-               for m in config.eval.lengths]
-        results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
-        rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))
-    log("\n".join(rows))
-    return results
