@@ -30,7 +30,9 @@ setup(
         "parquet": ["pyarrow>=15"],  # launch/prepare_data.py --format=parquet
         # lm-evaluation-harness on exported models (docs/hf.md); pinned: its Python API moves between releases
         "eval": ["torch==2.13.0", "transformers>=5.0", "safetensors", "lm_eval[hf]==0.4.13"],
+        "wandb": ["wandb>=0.31"],  # config.log.wandb_project
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors",
-                 "jax[tpu]==0.10.2", "pyarrow>=15", "ruff==0.17.6", "lm_eval[hf]==0.4.13"],
+                 "jax[tpu]==0.10.2", "pyarrow>=15", "ruff==0.17.6", "lm_eval[hf]==0.4.13",
+                 "wandb==0.31.0"],  # pinned: tests/test_wandb.py reads its offline file format
     },
 )

@@ -96,7 +96,11 @@ def default_config() -> ml_collections.ConfigDict:
         nonfinite_grads_at=(),  # steps whose gradients are made NaN, the loss staying finite
         nonfinite_params_at=(),  # steps after whose update a parameter is NaN, unseen by that step's check
     ))
-    c.log = ml_collections.ConfigDict(dict(every_steps=10))
+    c.log = ml_collections.ConfigDict(dict(
+        every_steps=10,
+        wandb_project="",  # non-empty: also log to this Weights & Biases project (pip install -e ".[wandb]")
+        wandb_entity="",  # the W&B team or user (default: yours)
+    ))
     c.eval = ml_collections.ConfigDict(dict(
         lengths=(1, 2, 4),  # multiples of data.seq_len, for the final and the in-training perplexity
         num_sequences=16,  # held-out rows at the longest length; shorter ones cover the same text in more rows
@@ -177,6 +181,8 @@ def _steps(c, tokens_key: str, steps_key: str, tokens_per_step: int, what: str) 
 def make_plan(c: ml_collections.ConfigDict, num_data_devices: int | None = None) -> Plan:
     """Validates the config and derives the step budget. Raises ConfigError naming the key to fix."""
     model = ModelConfig.from_dict(dict(c.model)).validate()
+    if c.log.get("wandb_project") and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"config.log.wandb_project={c.log.wandb_project!r} needs wandb: pip install -e \".[wandb]\"")
     t = c.train
     if c.data.seq_len <= 0 or t.global_batch_size <= 0:
         raise ConfigError("config.data.seq_len and config.train.global_batch_size must be positive")

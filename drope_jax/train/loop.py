@@ -123,7 +123,7 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
             compiled[phase] = setup.phase_step(phase)
         return compiled[phase]
 
-    writer = metrics.MetricsWriter(workdir)
+    writer = metrics.MetricsWriter(workdir, config.log, config.to_dict())
     pending = None  # (step, phase, device metrics): fetched one step late, so the host never waits on the step
     consecutive_faults = 0
     run_start = interval_start = time.time()  # the first interval includes compilation

@@ -1,10 +1,12 @@
-"""Metrics: metrics.jsonl and TensorBoard in the workdir, a progress line on stdout, and MFU."""
+"""Metrics: metrics.jsonl and TensorBoard in the workdir, Weights & Biases if asked, a progress line on
+stdout, and MFU."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import pathlib
+import uuid
 
 import jax
 
@@ -35,9 +37,10 @@ def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, num_devices: int)
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step; only process 0 writes."""
+    """Appends one JSON object per logged step, and the same numbers to TensorBoard and (``log_cfg.wandb_project``)
+    Weights & Biases; only process 0 writes."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, log_cfg=None, run_config: dict | None = None):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
@@ -46,14 +49,18 @@ class MetricsWriter:
         self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
         from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        project = log_cfg.get("wandb_project", "") if log_cfg is not None else ""
+        self.wandb = start_wandb(workdir, project, log_cfg.get("wandb_entity", ""), run_config) if project else None
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self.jsonl.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "step":
-                self.tb.add_scalar(key, value, record["step"])
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        for key, value in scalars.items():
+            self.tb.add_scalar(key, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record["step"])
 
     def close(self) -> None:
         if self.enabled:
@@ -62,6 +69,20 @@ class MetricsWriter:
                 self.jsonl.close()
             with contextlib.suppress(OSError):
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+
+
+def start_wandb(workdir: pathlib.Path, project: str, entity: str = "", run_config: dict | None = None):
+    """A W&B run in ``project``, one per workdir: a relaunch continues it (its id is kept in the workdir).
+    W&B ignores steps below the newest it has, so steps repeated after a resume show once, as first logged."""
+    import wandb
+
+    id_file = workdir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+    id_file.write_text(run_id)
+    return wandb.init(project=project, entity=entity or None, id=run_id, resume="allow", name=workdir.name,
+                      dir=str(workdir), config=run_config)
 
 
 def format_duration(seconds: float) -> str:
