@@ -117,7 +117,7 @@ def test_evaluate_every_method_and_write_the_report(runs, tmp_path):
     results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
     listed = results["methods"]
     assert listed["drope"]["weights"].endswith("step 8") and listed["drope"]["phase"] == "nope"
-    assert all(listed[m]["weights"].endswith("step 4") and methods[m]["phase"] == "rope"
+    assert all(listed[m]["weights"].endswith("step 4") and listed[m]["phase"] == "rope"
                for m in ("rope", "pi", "ntk", "yarn"))  # the flip-step checkpoint: the same weights
     assert listed["yarn"]["encoding"] == {"1": "rope", "2": "rope, yarn x2"}
     ppl = results["ppl"]
