@@ -14,6 +14,8 @@ setup(
         "grain>=0.2.18",
         "array_record>=0.8.6",
         "tensorstore>=0.1.86",
+        "etils[epath]>=1.7",  # one path type for local and gs:// (drope_jax/paths.py)
+        "gcsfs>=2025.1",  # epath's gs:// backend
         "ml-collections>=1.1.0",
         "absl-py>=2.3",
         "numpy>=2.0",
@@ -33,6 +35,7 @@ setup(
         "wandb": ["wandb>=0.31"],  # config.log.wandb_project
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "transformers>=5.0", "safetensors",
                  "jax[tpu]==0.10.2", "pyarrow>=15", "ruff==0.17.6", "lm_eval[hf]==0.4.13",
-                 "wandb==0.31.0"],  # pinned: tests/test_wandb.py reads its offline file format
+                 "wandb==0.31.0",  # pinned: tests/test_wandb.py reads its offline file format
+                 "gcp-storage-emulator==2026.7.19"],  # pinned: tests/gcs_emulator.py patches it
     },
 )

@@ -237,4 +237,4 @@ def test_the_data_part_imports_nothing_of_model_train_or_eval():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(loaded) == ["drope_jax.data", "drope_jax.data.niah", "drope_jax.data.pipeline",
                                   "drope_jax.data.prepare", "drope_jax.data.retrieval", "drope_jax.data.tokenizer",
-                                  "drope_jax.errors"]
+                                  "drope_jax.errors", "drope_jax.paths"]

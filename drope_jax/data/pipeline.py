@@ -22,6 +22,7 @@ import tempfile
 import grain
 import numpy as np
 
+from drope_jax import paths
 from drope_jax.data import prepare, retrieval
 from drope_jax.data.tokenizer import ByteTokenizer, HFTokenizer
 from drope_jax.errors import ConfigError
@@ -33,19 +34,28 @@ class Corpus:
     """A directory written by ``launch/prepare_data.py``."""
 
     def __init__(self, path):
-        self.path = pathlib.Path(path)
+        self.path = paths.path(path)
         meta_file = self.path / prepare.METADATA
         if not meta_file.is_file():
             raise ConfigError(f"config.data.path={str(path)!r} has no {prepare.METADATA}: it is not a prepared "
                               "dataset, or its preparation did not finish; run launch/prepare_data.py --out=DIR")
         self.metadata = json.loads(meta_file.read_text())
+        self._local = None
         self.vocab_size = self.metadata["vocab_size"]
         self.eos_id = self.metadata["eos_id"]
         self.dtype = np.dtype(self.metadata["token_dtype"])
 
+    @property
+    def local(self) -> pathlib.Path:
+        """The corpus on this host's disk: itself, or for a cloud path a local copy made on first use
+        (ArrayRecord reads local files only)."""
+        if self._local is None:
+            self._local = paths.local_copy(self.path)
+        return self._local
+
     def documents(self, split: str) -> grain.MapDataset:
         """The split's documents as arrays of the stored dtype (uint16 or uint32), in file order."""
-        shards = [str(self.path / s) for s in self.metadata["splits"][split]["shards"]]
+        shards = [str(self.local / s) for s in self.metadata["splits"][split]["shards"]]
         if not shards:
             raise ConfigError(f"{self.path} has no {split!r} documents; prepare it with --val_fraction > 0")
         dtype = self.dtype
@@ -58,7 +68,7 @@ class Corpus:
         if meta.get("tokenizer") == "bytes":
             return ByteTokenizer()
         if meta.get("tokenizer_dir"):
-            return HFTokenizer(str(self.path / meta["tokenizer_dir"]))
+            return HFTokenizer(str(self.local / meta["tokenizer_dir"]))
         raise ConfigError(f"{self.path}/metadata.json names no tokenizer to write prompts with; prepare the data "
                           "with launch/prepare_data.py --tokenizer=bytes or a tokenizer.json")
 
@@ -131,7 +141,7 @@ def open_corpus(data_cfg) -> Corpus:
 
 def python_stdlib_corpus(val_fraction: float) -> pathlib.Path:
     """The standard library's top-level .py files as a byte-level corpus, prepared once into a cache."""
-    cache_root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "drope_jax"
+    cache_root = paths.cache_root()
     target = cache_root / f"python{sys.version_info.major}.{sys.version_info.minor}_stdlib_bytes_val{val_fraction}"
     if (target / prepare.METADATA).is_file():
         return target

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import glob as globlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import zlib
 
 import numpy as np
 
+from drope_jax import paths
 from drope_jax.data.tokenizer import load_tokenizer, token_dtype
 from drope_jax.errors import ConfigError
 
@@ -138,9 +140,28 @@ def _group_by_size(files: list[str], num_groups: int) -> list[list[str]]:
 def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction: float = 0.01,
             text_field: str = "text", num_workers: int | None = None, eos_token: str | None = None,
             progress=print) -> dict:
-    """Tokenizes every file matching ``input_glob`` into ``out``; returns the metadata it wrote."""
+    """Tokenizes every file matching ``input_glob`` into ``out``; returns the metadata it wrote. Either may be
+    a cloud path (gs://): inputs are fetched to a local copy first, and the output is written locally and
+    uploaded, metadata.json last, so a dataset without it is incomplete wherever it lies."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format={fmt!r}; choose one of {FORMATS}")
+    if paths.is_cloud(out):
+        staging = paths.cache_root() / "prepare" / hashlib.sha1(str(out).encode()).hexdigest()[:12]
+        shutil.rmtree(staging, ignore_errors=True)
+        (paths.path(out) / METADATA).unlink(missing_ok=True)
+        metadata = prepare(input_glob, fmt, tokenizer, str(staging), val_fraction=val_fraction, text_field=text_field,
+                           num_workers=num_workers, eos_token=eos_token, progress=progress)
+        files = sorted(f for f in staging.rglob("*") if f.is_file() and f.name != METADATA)
+        for f in [*files, staging / METADATA]:
+            paths.copy_file(f, paths.path(out) / str(f.relative_to(staging)))
+        progress(f"uploaded {len(files) + 1} files to {out}")
+        return metadata
+    if paths.is_cloud(input_glob):
+        local = paths.cache_root() / "prepare-input" / hashlib.sha1(input_glob.encode()).hexdigest()[:12]
+        shutil.rmtree(local, ignore_errors=True)
+        for i, f in enumerate(paths.cloud_glob(input_glob)):  # numbered: the same name may recur in subfolders
+            paths.copy_file(f, local / f"{i:05d}-{f.name}")
+        input_glob = str(local / "*")
     files = sorted(f for f in globlib.glob(input_glob, recursive=True) if os.path.isfile(f))
     if not files:
         raise ConfigError(f"--input={input_glob!r} matches no files")

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
 import jax
 import ml_collections
 
-from drope_jax import sharding
+from drope_jax import paths, sharding
 from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.positions import NOPE, PosEncoding
@@ -51,7 +50,7 @@ class Run:
     """A training workdir (its config.json and checkpoints), or a Hugging Face directory (``hf:DIR``)."""
 
     def __init__(self, workdir, *, config=None, step: int | None = None, init_from: str = "", log=print):
-        self.workdir, self.step, self.log = pathlib.Path(workdir), step, log
+        self.workdir, self.step, self.log = paths.path(workdir), step, log
         self.config = config if config is not None else load_run_config(self.workdir)
         self.plan = make_plan(self.config)
         self.init_from = init_from
@@ -119,7 +118,7 @@ class Run:
         params = self.ckpt.restore_params(step, self.spec.placed_params(self.mesh))
         return Weights(params, step, phase, qk_norm_applies(phase, qk_at_flip), f"{self.workdir} step {step}")
 
-    def _rope_source(self, source: pathlib.Path) -> Weights:
+    def _rope_source(self, source) -> Weights:
         """The RoPE run this one branched from: its final weights if it ran to the same budget (annealed like
         the DroPE run), else its checkpoint at the flip."""
         step = self.plan.total_steps if branch.finished(source, self.plan) else self.flip_step
@@ -138,7 +137,7 @@ class Run:
         raise ConfigError(f"{hf_dir}: no_rope_layers={flags} is not a periodic pattern (PosEncoding.nope_every)")
 
 
-def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+def load_run_config(workdir) -> ml_collections.ConfigDict:
     path = workdir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist (launch/tpu_run.py writes it); pass the run's --config=FILE")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
-import pathlib
 
 import numpy as np
 
+from drope_jax import paths
 from drope_jax.data import niah
 
 
-def write(results: dict, out_dir) -> list[pathlib.Path]:
-    out = pathlib.Path(out_dir)
+def write(results: dict, out_dir) -> list:
+    out = paths.path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(markdown(results))
@@ -76,7 +77,7 @@ def markdown(results: dict) -> str:
     return "\n".join(parts)
 
 
-def plot_perplexity(results: dict, path) -> pathlib.Path:
+def plot_perplexity(results: dict, path):
     import matplotlib
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -92,7 +93,7 @@ def plot_perplexity(results: dict, path) -> pathlib.Path:
     return save_figure(fig, path)
 
 
-def plot_loss_by_position(results: dict, path) -> pathlib.Path:
+def plot_loss_by_position(results: dict, path):
     """Mean NLL by position bucket at the longest length, one line per method."""
     import matplotlib.pyplot as plt
     longest = list(results["lengths"])[-1]
@@ -108,7 +109,7 @@ def plot_loss_by_position(results: dict, path) -> pathlib.Path:
     return save_figure(fig, path)
 
 
-def plot_niah(results: dict, path) -> pathlib.Path:
+def plot_niah(results: dict, path):
     """Depth (rows) x length (columns) accuracy: one heatmap per method and task, plus their mean."""
     import matplotlib.pyplot as plt
     methods = list(results["niah"])
@@ -137,10 +138,12 @@ def plot_niah(results: dict, path) -> pathlib.Path:
     return save_figure(fig, path)
 
 
-def save_figure(fig, path) -> pathlib.Path:
-    """Lays out, writes and closes a matplotlib figure."""
+def save_figure(fig, path):
+    """Lays out, writes (to a local or cloud path) and closes a matplotlib figure."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return pathlib.Path(path)
+    paths.path(path).write_bytes(png.getvalue())
+    return paths.path(path)

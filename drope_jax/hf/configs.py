@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
+from drope_jax import paths
 from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
 
@@ -48,7 +48,7 @@ def supported_list() -> str:
 
 
 def read_config_json(hf_dir) -> dict:
-    path = pathlib.Path(hf_dir) / "config.json"
+    path = paths.path(hf_dir) / "config.json"
     if not path.is_file():
         raise HFFormatError(f"{path} does not exist: give a local Hugging Face checkpoint directory "
                             "(e.g. `huggingface-cli download HuggingFaceTB/SmolLM-360M --local-dir DIR`)")
@@ -139,7 +139,7 @@ def token_ids(hf_dir) -> dict:
     """bos/eos/pad ids from a checkpoint's generation_config.json, then config.json; absent ones omitted."""
     ids = {}
     for name in ("config.json", "generation_config.json"):
-        path = pathlib.Path(hf_dir) / name
+        path = paths.path(hf_dir) / name
         if path.is_file():
             c = json.loads(path.read_text())
             ids.update({k: c[k] for k in TOKEN_ID_KEYS if c.get(k) is not None})

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import shutil
 
 import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
-from drope_jax import sharding
+from drope_jax import paths, sharding
 from drope_jax.hf import configs, load, weights
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.state import model_spec
@@ -43,9 +42,9 @@ def _shards(table, cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list
     return shards
 
 
-def write_weights(out: pathlib.Path, flat_params: dict, table, cfg: ModelConfig, dtype: str,
+def write_weights(out, flat_params: dict, table, cfg: ModelConfig, dtype: str,
                   max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
-    from safetensors.numpy import save_file  # imported here: only the bridge needs safetensors
+    from safetensors.numpy import save  # imported here: only the bridge needs safetensors
 
     np_dtype = DTYPES[dtype]
     groups = _shards(table, cfg, np.dtype(np_dtype).itemsize, max_shard_bytes)
@@ -53,7 +52,7 @@ def write_weights(out: pathlib.Path, flat_params: dict, table, cfg: ModelConfig,
     for i, group in enumerate(groups):
         fname = "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         tensors = dict(weights.hf_tensors(flat_params, group, cfg.num_layers, np_dtype))
-        save_file(tensors, out / fname, metadata={"format": "pt"})
+        (out / fname).write_bytes(save(tensors, metadata={"format": "pt"}))  # local or cloud
         weight_map.update({name: fname for name in tensors})
         total += sum(t.nbytes for t in tensors.values())
     if len(groups) > 1:
@@ -71,13 +70,13 @@ def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm
     """
     if dtype not in DTYPES:
         raise configs.HFFormatError(f"--dtype={dtype!r}; choose one of {sorted(DTYPES)}")
-    out = pathlib.Path(out)
+    out = paths.path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = configs.token_ids(source_dir) if source_dir else {}
     if not ids and cfg.vocab_size == BYTE_VOCAB:
         ids = {"eos_token_id": BYTE_EOS}  # the byte-level corpus: EOS after every document, no BOS
     max_pos = (configs.read_config_json(source_dir).get("max_position_embeddings", 2048)
-               if source_dir and (pathlib.Path(source_dir) / "config.json").is_file() else 2048)
+               if source_dir and (paths.path(source_dir) / "config.json").is_file() else 2048)
     hf_cfg = configs.hf_config(cfg, position=position, qk_norm_active=qk_norm_active, dtype=dtype, ids=ids,
                                max_position_embeddings=max_pos)
     table = weights.rules(cfg, qk_norm=hf_cfg.get("attention_type", "").startswith("qk_norm"))
@@ -85,18 +84,18 @@ def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     _write_generation_config(out, source_dir, ids)
     if "auto_map" in hf_cfg:
-        shutil.copy(MODELING_FILE, out / MODELING_FILE.name)
+        paths.copy_file(MODELING_FILE, out / MODELING_FILE.name)
     if source_dir:
         for name in load.TOKENIZER_FILES:
-            if name not in ("config.json", "generation_config.json") and (pathlib.Path(source_dir) / name).is_file():
-                shutil.copy(pathlib.Path(source_dir) / name, out / name)
+            if name not in ("config.json", "generation_config.json") and (paths.path(source_dir) / name).is_file():
+                paths.copy_file(paths.path(source_dir) / name, out / name)
     return hf_cfg
 
 
-def _write_generation_config(out: pathlib.Path, source_dir, ids: dict) -> None:
-    source = pathlib.Path(source_dir) / "generation_config.json" if source_dir else None
+def _write_generation_config(out, source_dir, ids: dict) -> None:
+    source = paths.path(source_dir) / "generation_config.json" if source_dir else None
     if source is not None and source.is_file():
-        shutil.copy(source, out / "generation_config.json")
+        paths.copy_file(source, out / "generation_config.json")
     else:
         (out / "generation_config.json").write_text(json.dumps({"_from_model_config": True, **ids}, indent=2))
 
@@ -106,7 +105,7 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
     """Exports checkpoint ``step`` (default: the newest) of ``workdir``. The phase and whether QK-norm was in
     use come from the checkpoint's metadata. ``source_dir`` defaults to ``workdir/hf_source`` when an import
     made it."""
-    workdir = pathlib.Path(workdir)
+    workdir = paths.path(workdir)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
     steps = ckpt.all_steps()
     step = ckpt.latest_step() if step is None else step

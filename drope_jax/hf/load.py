@@ -7,14 +7,11 @@ initialisation), and the log names them.
 
 from __future__ import annotations
 
-import pathlib
-import shutil
-
 import jax
 import numpy as np
 from flax import traverse_util
 
-from drope_jax import sharding
+from drope_jax import paths, sharding
 from drope_jax.hf import configs, weights
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.state import model_spec
@@ -101,14 +98,14 @@ def import_to_workdir(hf_dir, workdir, *, param_dtype: str = "float32", log=prin
     Its metadata carries the phase ("rope", "nope" or "mixed") and the model config, and the source's
     config and tokenizer files are copied to ``workdir/hf_source`` so an export can carry them on.
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.path(workdir)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
     if ckpt.latest_step() is not None:
         raise configs.HFFormatError(f"{workdir} already holds checkpoints; choose a new --workdir")
     cfg = ModelConfig.from_dict({**configs.read_source(hf_dir).model.to_dict(), "param_dtype": param_dtype})
     params, source = load_hf(hf_dir, cfg, log=log)
     meta = {"step": 0, "phase": source.position, "flip_step": None, "tokens": 0, "model": cfg.to_dict(),
-            "hf_source": str(pathlib.Path(hf_dir).absolute())}
+            "hf_source": str(paths.absolute(hf_dir))}
     ckpt.save(0, {"params": params}, {}, meta)
     ckpt.wait()
     ckpt.close()
@@ -116,6 +113,6 @@ def import_to_workdir(hf_dir, workdir, *, param_dtype: str = "float32", log=prin
         return cfg
     (workdir / SOURCE_DIR).mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
-        if (pathlib.Path(hf_dir) / name).is_file():
-            shutil.copy(pathlib.Path(hf_dir) / name, workdir / SOURCE_DIR / name)
+        if (paths.path(hf_dir) / name).is_file():
+            paths.copy_file(paths.path(hf_dir) / name, workdir / SOURCE_DIR / name)
     return cfg

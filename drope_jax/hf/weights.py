@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from drope_jax import paths
 from drope_jax.hf.configs import HFFormatError
 from drope_jax.model.config import ModelConfig
 
@@ -89,7 +89,7 @@ class SafetensorsReader:
     def __init__(self, hf_dir):
         from safetensors import safe_open  # imported here: only the bridge needs safetensors
 
-        root = pathlib.Path(hf_dir)
+        root = paths.local_copy(hf_dir)  # safetensors maps local files
         index = root / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]

@@ -10,11 +10,11 @@ branches from it, so the final table compares DroPE with RoPE at the same budget
 from __future__ import annotations
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 
+from drope_jax import paths
 from drope_jax.errors import ConfigError
 from drope_jax.run_config import Plan, default_config
 from drope_jax.train import checkpoint
@@ -26,20 +26,20 @@ SAME_DATA = (("data", ("source", "path", "seq_len", "shuffle_seed", "val_fractio
              ("train", ("global_batch_size",)))
 
 
-def source_dir(config, workdir: pathlib.Path) -> pathlib.Path | None:
+def source_dir(config, workdir):
     """The RoPE run this one branches from, if any."""
     if config.drope.rope_control:
         return workdir / CONTROL_DIR
-    return pathlib.Path(config.branch_from) if config.branch_from else None
+    return paths.path(config.branch_from) if config.branch_from else None
 
 
-def finished(source: pathlib.Path, plan: Plan) -> bool:
+def finished(source, plan: Plan) -> bool:
     """Whether the RoPE run ``source`` has its final checkpoint at this run's budget."""
     return (source / "checkpoints").is_dir() and \
         plan.total_steps in checkpoint.Checkpointer(source / "checkpoints", async_save=False).all_steps()
 
 
-def params_at(source: pathlib.Path, step: int, spec, mesh) -> dict:
+def params_at(source, step: int, spec, mesh) -> dict:
     """Parameters of checkpoint ``step`` of the run in ``source``, shaped for ``spec``; those it lacks (a RoPE
     control's QK-norm gains, unused in the RoPE phase) are 1."""
     ones = jax.tree.map(lambda x: jnp.ones(x.shape, x.dtype), spec.abstract_params)
@@ -57,7 +57,7 @@ def control_config(config, plan: Plan):
     return c
 
 
-def start_state(config, plan: Plan, source: pathlib.Path, fresh_state, init_params, data_iter, log):
+def start_state(config, plan: Plan, source, fresh_state, init_params, data_iter, log):
     """The train state at the flip from ``source``'s checkpoint there (weights, step), and the data iterator
     moved to its position. Optimizer moments are fresh; parameters the source lacks (QK-norm gains) too."""
     step = plan.flip_step
@@ -81,7 +81,7 @@ def start_state(config, plan: Plan, source: pathlib.Path, fresh_state, init_para
     return dict(state, step=jax.device_put(jnp.int32(step), state["step"].sharding))
 
 
-def _check_same_data(config, source: pathlib.Path) -> None:
+def _check_same_data(config, source) -> None:
     path = source / "config.json"
     if not path.is_file():
         raise ConfigError(f"config.branch_from={str(source)!r} has no config.json; is it a drope-jax workdir?")

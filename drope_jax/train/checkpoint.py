@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pathlib
 import time
 
 import grain
@@ -23,6 +22,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from drope_jax import paths
 from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
 
@@ -36,7 +36,7 @@ class NotSaved(RuntimeError):
 
 def ensure_writable(directory) -> None:
     """Fails at start-up, before anything compiles, if no checkpoint could be written to ``directory``."""
-    directory = pathlib.Path(directory)
+    directory = paths.path(directory)
     probe = directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ class SaveClock:
 
 class Checkpointer:
     def __init__(self, directory, *, keep: int = 3, preserve_steps=(), async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = paths.absolute(directory)
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(keep),
             ocp.checkpoint_managers.CustomSteps(list(preserve_steps)),
@@ -165,7 +165,7 @@ class Checkpointer:
         with contextlib.suppress(Exception):
             self.manager.wait_until_finished()
 
-    def set_aside(self, step: int) -> pathlib.Path:
+    def set_aside(self, step: int):
         """Renames checkpoint ``step`` out of Orbax's sight (nothing is deleted); returns its new path."""
         target = self.directory / f"{step}.unreadable-{int(time.time())}"
         if jax.process_index() == 0:
@@ -224,7 +224,7 @@ def load_params_from(path, fresh_params: dict, log=print, step: int | None = Non
     A parameter the checkpoint lacks keeps its fresh initialization and is named; a parameter the
     model lacks, or one of another shape, is refused by name.
     """
-    root = pathlib.Path(path)
+    root = paths.path(path)
     if (root / "checkpoints").is_dir():
         root = root / "checkpoints"
     source = Checkpointer(root, async_save=False)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pathlib
 import time
 
 import jax
 
-from drope_jax import sharding
+from drope_jax import paths, sharding
 from drope_jax.data import pipeline, retrieval
 from drope_jax.errors import ConfigError
 from drope_jax.eval import final_table, perplexity
@@ -38,7 +37,7 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
     Returns the final evaluation (perplexity by context multiple), also written to ``eval.json``;
     ``evaluate=False`` skips it (a RoPE control, evaluated in its DroPE run's table).
     """
-    workdir = pathlib.Path(workdir)
+    workdir = paths.path(workdir)
     setup = make_setup(config)
     plan, mesh = setup.plan, setup.mesh
     corpus = pipeline.open_corpus(config.data)

@@ -6,11 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import time
 import uuid
 
 import jax
 
+from drope_jax import paths
 from drope_jax.model.config import ModelConfig
+
+SYNC_SECONDS = 60  # how often a cloud workdir gets the local mirror's metrics, TensorBoard and W&B files
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -44,13 +48,14 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+        # A cloud workdir cannot be appended to: these files grow in a local mirror, copied up every minute.
+        self.mirror, self.synced = paths.Mirror(workdir, keep=("metrics.jsonl", "wandb_run_id")), time.time()
+        local = self.mirror.local
+        self.jsonl = open(local / "metrics.jsonl", "a", buffering=1)
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.tb = SummaryWriter(str(local / "tensorboard"))
         project = log_cfg.get("wandb_project", "") if log_cfg is not None else ""
-        self.wandb = start_wandb(workdir, project, log_cfg.get("wandb_entity", ""), run_config) if project else None
+        self.wandb = start_wandb(local, project, log_cfg.get("wandb_entity", ""), run_config) if project else None
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -61,6 +66,10 @@ class MetricsWriter:
             self.tb.add_scalar(key, value, record["step"])
         if self.wandb is not None:
             self.wandb.log(scalars, step=record["step"])
+        if time.time() - self.synced > SYNC_SECONDS:
+            self.tb.flush()
+            self.mirror.sync()
+            self.synced = time.time()
 
     def close(self) -> None:
         if self.enabled:
@@ -71,6 +80,7 @@ class MetricsWriter:
                 self.tb.close()
             if self.wandb is not None:
                 self.wandb.finish()
+            self.mirror.sync()
 
 
 def start_wandb(workdir: pathlib.Path, project: str, entity: str = "", run_config: dict | None = None):
