@@ -227,16 +227,16 @@ def test_compilations_do_not_grow_with_the_number_of_cells(runs):
 
 
 def test_rope_scalings_share_their_programs(runs):
-    """RoPE, PI, NTK and YaRN differ only in RoPE's frequency table, which the programs take as data: four
-    methods compile what one does."""
+    """RoPE, PI, NTK and YaRN differ only in RoPE's frequency table, which the programs take as data, and NoPE
+    is RoPE with zero frequencies: five methods compile what one does."""
     counts = {}
-    for asked in ("rope", "rope,pi,ntk,yarn"):
+    for asked in ("rope", "rope,pi,ntk,yarn,drope"):
         jax.clear_caches()
         settings = _settings(methods=tuple(parse_methods(asked)), lengths=(4,), niah_tasks=("passkey",),
                              depths=(0.0,), niah_samples=1)
         results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
         counts[asked] = results["timing"]["compilations"]
-    assert counts["rope"] == counts["rope,pi,ntk,yarn"] > 0, counts
+    assert counts["rope"] == counts["rope,pi,ntk,yarn,drope"] > 0, counts
 
 
 def test_equal_cells_are_computed_once(runs, monkeypatch):

@@ -12,7 +12,7 @@ from flax import nnx
 
 from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model import attention, state
+from drope_jax.model import attention, positions, state
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.positions import (
     NOPE,
@@ -278,3 +278,12 @@ def test_config_positions_become_the_pre_flip_encoding():
 def test_hashable_for_jit():
     a = PosEncoding("rope", scaling="yarn", factor=2.0, original_length=16)
     assert hash(a) == hash(dataclasses.replace(a)) and a != dataclasses.replace(a, factor=4.0)
+
+
+def test_nope_as_data_is_nope_bit_for_bit():
+    """NoPE shares RoPE's programs as RoPE with zero frequencies (``as_data``): q and k come out unchanged."""
+    x = jax.random.normal(jax.random.key(0), (2, 7, 4, 16)).astype(jnp.bfloat16)
+    static, table = positions.as_data(NOPE, 16, 10000.0)
+    assert static.kind == "rope"
+    positions_BT = jnp.broadcast_to(jnp.arange(7), (2, 7))
+    np.testing.assert_array_equal(positions.encode(static, x, positions_BT, 10000.0, True, table), x)

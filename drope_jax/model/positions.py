@@ -139,11 +139,17 @@ def scaled_inv_freq(pos: PosEncoding, head_dim: int, theta: float) -> tuple[np.n
 def as_data(pos: PosEncoding, head_dim: int, theta: float) -> tuple[PosEncoding, tuple | None]:
     """``pos`` split into what must be static and what can be data: for RoPE, the encoding without its
     scaling and the table (inverse frequencies [head_dim // 2], factor on cos/sin) as arrays. Unscaled RoPE,
-    PI, NTK and YaRN at one length then share one compiled program; other encodings are returned as they are."""
+    PI, NTK and YaRN at one length then share one compiled program, and so does NoPE: RoPE with zero
+    frequencies rotates by angle 0 (cos 1, sin 0), which returns q and k unchanged, bit for bit. Other
+    encodings are returned as they are."""
+    # original_length stays static only where log_n needs it; YaRN's use of it is in the table
+    static = dict(scaling="none", factor=1.0, original_length=pos.original_length if pos.log_n else 0)
+    if pos.kind == "nope" and not pos.nope_every:
+        return dataclasses.replace(pos, kind="rope", **static), (np.zeros(head_dim // 2, np.float32), np.float32(1.0))
     if pos.kind != "rope":
         return pos, None
     inv_freq_F, scale = scaled_inv_freq(pos, head_dim, theta)
-    return dataclasses.replace(pos, scaling="none", factor=1.0), (inv_freq_F, np.float32(scale))
+    return dataclasses.replace(pos, **static), (inv_freq_F, np.float32(scale))
 
 
 def rotate_half(x):
