@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import re
 import sys
 
 import jax
 from absl import flags
 
-DEFAULT_COMPILATION_CACHE = str(pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-                                / "drope_jax" / "jax_compilation_cache")
+from drope_jax import paths
+
+DEFAULT_COMPILATION_CACHE = str(paths.cache_root() / "jax_compilation_cache")
 
 
 def define_compilation_cache_flag():
