@@ -54,7 +54,7 @@ def copy_file(src, dst) -> None:
     a local file by a rename from a temporary name."""
     src, dst = path(src), path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    target = dst if is_cloud(dst) else dst.with_name(f".{dst.name}.partial")
+    target = dst if is_cloud(dst) else dst.with_name(f".{dst.name}.{os.getpid()}.partial")  # processes of a host
     with src.open("rb") as reader, target.open("wb") as writer:
         shutil.copyfileobj(reader, writer, 16 << 20)
     if target != dst:
