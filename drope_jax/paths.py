@@ -16,9 +16,14 @@ import os
 import pathlib
 import shutil
 
+import fsspec.config
 from etils import epath
 
 CLOUD_PREFIXES = ("gs://", "s3://")
+
+# gcsfs caches directory listings per process; a listing made before another process (or tensorstore)
+# wrote a checkpoint would then hide it. Listings are cheap beside what a run writes.
+fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 
 def path(p) -> epath.Path:
