@@ -6,7 +6,7 @@ object storage lacks is handled here:
 
 - appending to a file: metrics.jsonl, TensorBoard and W&B files are written in a local mirror of the
   workdir and copied whole to the bucket (``Mirror``);
-- reading a file in place: ArrayRecord shards are read from a local copy (``local_copy``).
+- reading a file in place: ArrayRecord shards and safetensors are read from a local copy (``local_copy``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,12 @@ def absolute(p) -> epath.Path:
 
 
 def cloud_glob(pattern: str) -> list[epath.Path]:
-    """The files a glob over a cloud path matches (``gs://b/dir/*.jsonl``, ``**`` too), sorted."""
+    """The files a glob over a cloud path matches (``gs://b/dir/*.jsonl``; epath refuses ``**`` on buckets),
+    sorted; a pattern without wildcards is the one file it names."""
     parts = pattern.split("/")
-    fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
+    if fixed is None:
+        return [path(pattern)] if path(pattern).is_file() else []
     return sorted(f for f in path("/".join(parts[:fixed])).glob("/".join(parts[fixed:])) if f.is_file())
 
 
