@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 
@@ -34,6 +35,18 @@ def full_batches(rows_N: np.ndarray, batch_size: int):
         yield np.concatenate([batch, np.repeat(batch[-1:], batch_size - real, axis=0)]), real
 
 
+def over_batches(fn, rows_N: np.ndarray, batch_size: int) -> list:
+    """``fn(batch, real rows in it)`` for each of ``full_batches``, in order. In a single CPU process two
+    batches run at once: XLA leaves one of two cores idle on these small ops (1.3x faster here). Elsewhere
+    one at a time, so device memory holds one batch and every process issues collectives in one order."""
+    batches = list(full_batches(rows_N, batch_size))
+    if jax.default_backend() != "cpu" or jax.process_count() > 1 or len(batches) == 1:
+        return [fn(*b) for b in batches]
+    first = fn(*batches[0])  # alone: the program compiles once, not once per thread
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return [first, *pool.map(lambda b: fn(*b), batches[1:])]
+
+
 def place(batch: np.ndarray, mesh=None):
     """A host batch (the same on every process) on the devices: split by rows over ``mesh`` (data parallel),
     else on the default device."""
@@ -53,10 +66,12 @@ def row_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding
     ``query_chunk`` bounds attention memory for long rows (see attention.py); with ``mesh`` each batch is
     split over its devices (``batch_size`` a multiple of their number). RoPE scalings share one program."""
     pos, rope_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
-    return np.concatenate([
-        to_host(_nll(params, place(batch, mesh), rope_table, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
-                     query_chunk=query_chunk)).astype(np.float64)[:real]
-        for batch, real in full_batches(sequences_NT1, batch_size)])
+
+    def nll(batch, real):
+        return to_host(_nll(params, place(batch, mesh), rope_table, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
+                            query_chunk=query_chunk)).astype(np.float64)[:real]
+
+    return np.concatenate(over_batches(nll, sequences_NT1, batch_size))
 
 
 def position_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding, *, use_qk_norm: bool = True,

@@ -232,15 +232,17 @@ def answer_and_score(spec, params, pos, generator, samples, batch_size: int, *, 
     answers, teacher = _answers(generator, samples, room)
     rows = np.concatenate([np.stack([s.prompt for s in samples]), teacher], axis=1)
     prompt = len(samples[0].prompt)
-    texts, nlls = [], []
-    for batch, real in perplexity.full_batches(rows, batch_size):
+
+    def answer(batch, real):
         tokens, nll_BA = decode.greedy_generate(params, perplexity.place(batch[:, :prompt], mesh), spec=spec,
                                                 pos=pos, max_new_tokens=room + 1, use_qk_norm=use_qk_norm,
                                                 query_chunk=query_chunk,
                                                 teacher_BA=perplexity.place(batch[:, prompt:], mesh))
-        texts += [generator.tokenizer.decode(row) for row in perplexity.to_host(tokens)[:real]]
-        nlls.append(perplexity.to_host(nll_BA)[:real])
-    nll_NA = np.concatenate(nlls)
+        return perplexity.to_host(tokens)[:real], perplexity.to_host(nll_BA)[:real]
+
+    answered = perplexity.over_batches(answer, rows, batch_size)
+    texts = [generator.tokenizer.decode(row) for tokens, _ in answered for row in tokens]
+    nll_NA = np.concatenate([nll for _, nll in answered])
     return texts, [float(nll_NA[i, :len(a)].mean()) for i, a in enumerate(answers)]
 
 
