@@ -52,7 +52,8 @@ def cache_root() -> pathlib.Path:
     return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "drope_jax"
 
 
-def _local_dir(kind: str, p) -> pathlib.Path:
+def local_dir(kind: str, p) -> pathlib.Path:
+    """A folder of this host's cache for ``p``, named after it (``kind``: data, runs, ...)."""
     name = str(p).rstrip("/")
     return cache_root() / kind / f"{pathlib.PurePosixPath(name).name}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
 
@@ -82,7 +83,7 @@ def local_copy(p) -> pathlib.Path:
     are not fetched again, so a relaunch on the same host copies nothing)."""
     if not is_cloud(p):
         return pathlib.Path(p)
-    src, dst = path(p), _local_dir("data", p)
+    src, dst = path(p), local_dir("data", p)
     for f in files_under(src):
         target = dst / os.path.relpath(str(f), str(src))
         if not (target.is_file() and target.stat().st_size == f.stat().length):
@@ -100,7 +101,7 @@ class Mirror:
     def __init__(self, workdir, keep: tuple[str, ...] = ()):
         self.workdir = path(workdir)
         self.cloud = is_cloud(workdir)
-        self.local = _local_dir("runs", workdir) if self.cloud else pathlib.Path(workdir)
+        self.local = local_dir("runs", workdir) if self.cloud else pathlib.Path(workdir)
         if self.cloud:  # the workdir holds the truth: what an earlier launch left here was synced or is lost
             shutil.rmtree(self.local, ignore_errors=True)
         self.local.mkdir(parents=True, exist_ok=True)

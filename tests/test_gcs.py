@@ -13,6 +13,7 @@ import pytest
 from etils import epath
 
 from drope_jax import paths
+from drope_jax.data import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "reliability", "tiny.py")
@@ -38,12 +39,19 @@ def test_prepare_train_resume_evaluate_export_and_import_on_gcs(gcs, tmp_path):
     raw.mkdir(parents=True, exist_ok=True)
     for i in range(3):
         docs = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(200)) for _ in range(40)]
-        (raw / f"part{i}.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+        text = "\n".join(json.dumps({"text": d}) for d in docs)
+        (raw / f"part{i}.jsonl").write_text(text)
+        (tmp_path / f"part{i}.jsonl").write_text(text)
 
     launch("prepare_data.py", "--input=gs://bucket/raw/*.jsonl", "--format=jsonl", "--tokenizer=bytes",
            "--out=gs://bucket/data", "--val_fraction=0.2", cwd=tmp_path)
     metadata = json.loads(epath.Path("gs://bucket/data/metadata.json").read_text())
     assert metadata["splits"]["train"]["documents"] + metadata["splits"]["val"]["documents"] == 120
+    local = prepare.prepare(str(tmp_path / "*.jsonl"), "jsonl", "bytes", str(tmp_path / "local_data"),
+                            val_fraction=0.2, num_workers=1, progress=lambda _: None)
+    for split in ("train", "val"):  # documents keep their keys, so the split is the one a local copy gets
+        assert {k: metadata["splits"][split][k] for k in ("documents", "tokens")} == \
+            {k: local["splits"][split][k] for k in ("documents", "tokens")}
 
     run = [f"--config={TINY}", "--workdir=gs://bucket/run", "--config.data.source=arrayrecord",
            "--config.data.path=gs://bucket/data"]

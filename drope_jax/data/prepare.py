@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import glob as globlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -146,7 +145,7 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
     if fmt not in FORMATS:
         raise ConfigError(f"--format={fmt!r}; choose one of {FORMATS}")
     if paths.is_cloud(out):
-        staging = paths.cache_root() / "prepare" / hashlib.sha1(str(out).encode()).hexdigest()[:12]
+        staging = paths.local_dir("prepare", out)
         shutil.rmtree(staging, ignore_errors=True)
         (paths.path(out) / METADATA).unlink(missing_ok=True)
         metadata = prepare(input_glob, fmt, tokenizer, str(staging), val_fraction=val_fraction, text_field=text_field,
@@ -157,11 +156,13 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
         progress(f"uploaded {len(files) + 1} files to {out}")
         return metadata
     if paths.is_cloud(input_glob):
-        local = paths.cache_root() / "prepare-input" / hashlib.sha1(input_glob.encode()).hexdigest()[:12]
+        local = paths.local_dir("prepare-input", input_glob)
         shutil.rmtree(local, ignore_errors=True)
-        for i, f in enumerate(paths.cloud_glob(input_glob)):  # numbered: the same name may recur in subfolders
-            paths.copy_file(f, local / f"{i:05d}-{f.name}")
-        input_glob = str(local / "*")
+        # A numbered folder each: names may recur across folders, and documents keep the keys (file
+        # names) that decide their split, so gs:// input splits as a local copy of it does.
+        for i, f in enumerate(paths.cloud_glob(input_glob)):
+            paths.copy_file(f, local / f"{i:05d}" / f.name)
+        input_glob = str(local / "*" / "*")
     files = sorted(f for f in globlib.glob(input_glob, recursive=True) if os.path.isfile(f))
     if not files:
         raise ConfigError(f"--input={input_glob!r} matches no files")

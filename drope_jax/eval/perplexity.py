@@ -109,16 +109,16 @@ class InTrainingEval:
         self.config, self.plan, self.spec = config, plan, spec
         self.every = config.eval.every_steps or 0
         self.sequences = pipeline.same_text_rows(corpus, config.data.seq_len, config.eval.lengths,
-                                             config.eval.num_sequences)[0] if self.every else {}
+                                                 config.eval.num_sequences)[0] if self.every else {}
+        self.rows_per_batch = batch_rows(config.eval.batch_size, config.eval.lengths)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
     def __call__(self, params, step: int, phase: str) -> dict:
         record = {"step": step, "phase": phase}
-        rows_per_batch = batch_rows(self.config.eval.batch_size, self.config.eval.lengths)
         for m, seqs in self.sequences.items():
             record[f"eval/ppl_{m}x"] = perplexity(self.spec, params, seqs, self.plan.phase_pos(phase),
                                                   use_qk_norm=self.plan.uses_qk_norm(phase),
-                                                  batch_size=rows_per_batch[m])
+                                                  batch_size=self.rows_per_batch[m])
         return record
