@@ -1,11 +1,37 @@
-"""Every test runs on CPU with 8 simulated devices, so each sharding path runs in CI."""
+"""Every test runs on CPU with 8 simulated devices, so each sharding path runs in CI.
 
+The tests, and the programs they start, compile the same few programs many times: one persistent compilation
+cache for the session (fresh, unless JAX_COMPILATION_CACHE_DIR is set) compiles each once."""
+
+import atexit
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="drope_jax_tests_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 assert jax.device_count() == 8, "tests need 8 simulated CPU devices; import jax only after conftest"
+
+
+def _use_compilation_cache(enabled: bool) -> None:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()  # JAX decides whether to use the cache once, until reset
+
+
+@pytest.fixture
+def no_compilation_cache():
+    """For tests that count compilations: a program found in the cache is not compiled."""
+    _use_compilation_cache(False)
+    yield
+    _use_compilation_cache(True)

@@ -215,7 +215,7 @@ def test_batched_evaluation_equals_the_cell_by_cell_computation(runs):
             assert all(len(s.prompt) + room == m * 32 for s in samples)  # prompt and answer fit the length
 
 
-def test_compilations_do_not_grow_with_the_number_of_cells(runs):
+def test_compilations_do_not_grow_with_the_number_of_cells(runs, no_compilation_cache):
     counts = []
     for depths, samples in (((0.0,), 1), ((0.0, 0.5, 1.0), 3)):
         jax.clear_caches()
@@ -226,7 +226,7 @@ def test_compilations_do_not_grow_with_the_number_of_cells(runs):
     assert counts[0] == counts[1] > 0, counts
 
 
-def test_rope_scalings_share_their_programs(runs):
+def test_rope_scalings_share_their_programs(runs, no_compilation_cache):
     """RoPE, PI, NTK and YaRN differ only in RoPE's frequency table, which the programs take as data, and NoPE
     is RoPE with zero frequencies: five methods compile what one does."""
     counts = {}

@@ -1,4 +1,4 @@
-"""Shared by the reliability tests: one uninterrupted reference run, a compile cache, and cleanup."""
+"""Shared by the reliability tests: one uninterrupted reference run, and cleanup."""
 
 import jax
 import pytest
@@ -9,33 +9,20 @@ import harness
 
 
 @pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
-
-
-@pytest.fixture(autouse=True)
-def _compile_once(xla_cache):
-    """These tests and the programs they launch compile the same few programs many times: once is enough."""
-    with harness.compile_cache(xla_cache):
-        yield
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory, xla_cache):
+def reference(tmp_path_factory):
     """The tiny run, uninterrupted, in this process on 8 devices (fsdp=8)."""
     workdir = tmp_path_factory.mktemp("reference")
-    with harness.compile_cache(xla_cache):
-        loop.run(harness.config(), workdir)
+    loop.run(harness.config(), workdir)
     return harness.Reference(workdir, harness.losses(workdir))
 
 
 @pytest.fixture
-def launch(xla_cache):
+def launch():
     """``launch(workdir, *flags, devices=8, env=None) -> harness.Run``; whatever is still running is killed."""
     started = []
 
     def start(workdir, *overrides, **kwargs):
-        started.append(harness.Run(workdir, *overrides, cache_dir=xla_cache, **kwargs))
+        started.append(harness.Run(workdir, *overrides, **kwargs))
         return started[-1]
 
     yield start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
@@ -16,9 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-
-import jax
-from jax.experimental.compilation_cache import compilation_cache
 
 import tiny
 
@@ -44,27 +40,12 @@ def flags(**sections) -> list[str]:
     return [f"--config.{name}.{k}={v}" for name, values in sections.items() for k, v in values.items()]
 
 
-@contextlib.contextmanager
-def compile_cache(directory):
-    """Compiled programs go to (and come from) ``directory``: the tests compile the same few many times."""
-    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    compilation_cache.set_cache_dir(str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    compilation_cache.reset_cache()
-    try:
-        yield
-    finally:
-        compilation_cache.set_cache_dir(before[0])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-        compilation_cache.reset_cache()
-
-
 class Run:
     """One ``launch/tpu_run.py`` process; its output is read as it comes."""
 
     def __init__(self, workdir, *overrides, devices: int = 8, env: dict | None = None, cache_dir=None,
                  max_file_bytes: int | None = None):
-        # The same XLA flags as this process has, so compiled programs are shared through cache_dir.
+        # The same XLA flags as this process has, so compiled programs are shared through the cache.
         xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
         full_env = dict(os.environ, JAX_PLATFORMS="cpu",
                         XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices}", **(env or {}))

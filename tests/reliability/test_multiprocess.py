@@ -58,12 +58,12 @@ def test_two_processes_survive_a_kill_agree_on_preemption_and_match_one_process(
 
 
 
-def test_two_processes_evaluate_like_one(tmp_path, reference, xla_cache):
+def test_two_processes_evaluate_like_one(tmp_path, reference):
     """launch/evaluate.py on a pod: every process runs the same command (started like tpu_run.py), batches
     split over all 8 devices of both; the scores equal one process's, and process 0 alone writes them."""
     flags = [f"--workdir={reference.workdir}", "--methods=drope,rope", "--lengths=1,2", "--tasks=ppl,niah",
              "--niah_tasks=passkey", "--depths=0.5", "--niah_samples=4", "--ppl_sequences=4", "--batch_size=8",
-             "--template=short", f"--compilation_cache_dir={xla_cache}"]
+             "--template=short"]
 
     def evaluate(out, devices, **env):
         full_env = dict(os.environ, JAX_PLATFORMS="cpu", **env,
