@@ -79,9 +79,8 @@ def tokens(seed=0, length=T):
 
 
 def in_float64(model):
-    """A float64 copy: the reference. On the CI machine, 1 run in 5 or so of torch on CPU (float32 or 64)
-    gives logits 3e-4 away from its other runs near position 511; Flax is deterministic and 2e-5 from the
-    usual ones."""
+    """A float64 copy: the reference. On the 2-core CI machine about 1 run in 5 of torch (float32 or 64) gave
+    logits 3e-4 away from its other runs near position 511; Flax, deterministic, is 2e-5 from the usual ones."""
     return copy.deepcopy(model).double()
 
 
@@ -94,7 +93,7 @@ def hf_greedy(model, toks):
     prompt = torch.from_numpy(toks[:, : T - NEW_TOKENS]).long()
     with torch.no_grad():  # eos_token_id=None: never stop early
         out = in_float64(model).generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
-                             do_sample=False, eos_token_id=None, pad_token_id=0)
+                                         do_sample=False, eos_token_id=None, pad_token_id=0)
     return out[0, T - NEW_TOKENS:].numpy()
 
 
