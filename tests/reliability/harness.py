@@ -40,15 +40,27 @@ def flags(**sections) -> list[str]:
     return [f"--config.{name}.{k}={v}" for name, values in sections.items() for k, v in values.items()]
 
 
+def program_env(devices: int, env: dict | None = None) -> dict:
+    """A launched program's environment: ``devices`` simulated CPU devices, this process's other XLA flags
+    (so compiled programs are shared through the cache), and ``env``."""
+    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    return dict(os.environ, JAX_PLATFORMS="cpu",
+                XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices}", **(env or {}))
+
+
+def pair_envs() -> list[dict]:
+    """The variables that make two launched programs the two processes of one job."""
+    port = free_port()
+    return [dict(DROPE_COORDINATOR=f"localhost:{port}", DROPE_NUM_PROCESSES="2", DROPE_PROCESS_ID=str(i))
+            for i in range(2)]
+
+
 class Run:
     """One ``launch/tpu_run.py`` process; its output is read as it comes."""
 
     def __init__(self, workdir, *overrides, devices: int = 8, env: dict | None = None, cache_dir=None,
                  max_file_bytes: int | None = None):
-        # The same XLA flags as this process has, so compiled programs are shared through the cache.
-        xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-        full_env = dict(os.environ, JAX_PLATFORMS="cpu",
-                        XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count={devices}", **(env or {}))
+        full_env = program_env(devices, env)
         if cache_dir:
             full_env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
         self.started = time.time()

@@ -2,7 +2,6 @@
 by one process, with the losses of one process on 8 devices."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,10 +13,7 @@ import harness
 
 
 def launch_pair(launch, workdir):
-    port = harness.free_port()
-    return [launch(workdir, devices=4, env=dict(DROPE_COORDINATOR=f"localhost:{port}", DROPE_NUM_PROCESSES="2",
-                                                 DROPE_PROCESS_ID=str(i)))
-            for i in range(2)]
+    return [launch(workdir, devices=4, env=env) for env in harness.pair_envs()]
 
 
 def test_two_processes_survive_a_kill_agree_on_preemption_and_match_one_process(tmp_path, launch, reference):
@@ -57,7 +53,6 @@ def test_two_processes_survive_a_kill_agree_on_preemption_and_match_one_process(
         assert r["loss"] == pytest.approx(reference.losses[r["step"]], rel=1e-6), r
 
 
-
 def test_two_processes_evaluate_like_one(tmp_path, reference):
     """launch/evaluate.py on a pod: every process runs the same command (started like tpu_run.py), batches
     split over all 8 devices of both; the scores equal one process's, and process 0 alone writes them."""
@@ -65,17 +60,14 @@ def test_two_processes_evaluate_like_one(tmp_path, reference):
              "--niah_tasks=passkey", "--depths=0.5", "--niah_samples=4", "--ppl_sequences=4", "--batch_size=8",
              "--template=short"]
 
-    def evaluate(out, devices, **env):
-        full_env = dict(os.environ, JAX_PLATFORMS="cpu", **env,
-                        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    def evaluate(out, devices, env=None):
         return subprocess.Popen([sys.executable, str(harness.REPO / "launch" / "evaluate.py"), *flags, f"--out={out}"],
-                                env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=harness.program_env(devices, env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
 
     one = evaluate(tmp_path / "one", 1)
     assert one.wait(300) == 0, one.stdout.read()
-    port = harness.free_port()
-    pair = [evaluate(tmp_path / "two", 4, DROPE_COORDINATOR=f"localhost:{port}", DROPE_NUM_PROCESSES="2",
-                     DROPE_PROCESS_ID=str(i)) for i in range(2)]
+    pair = [evaluate(tmp_path / "two", 4, env) for env in harness.pair_envs()]
     assert [p.wait(300) for p in pair] == [0, 0], pair[0].stdout.read() + pair[1].stdout.read()
     alone, together = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert together["timing"]["devices"] == 8 and alone["timing"]["devices"] == 1
