@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import pathlib
 
 import ml_collections
 from ml_collections import config_dict
 
+from drope_jax import paths
 from drope_jax.data import niah, retrieval
 from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
@@ -254,3 +256,23 @@ def positions_of(c: ml_collections.ConfigDict) -> PosEncoding:
     except ValueError as e:
         raise ConfigError(f"config.positions (kind={p.kind!r}, nope_every={p.nope_every}, window={p.window}): "
                           f"{str(e).removeprefix('PosEncoding: ')}") from None
+
+
+def load_run_config(workdir) -> ml_collections.ConfigDict:
+    """The config a run was launched with, from its ``config.json`` (written by launch/tpu_run.py)."""
+    path = paths.path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist (launch/tpu_run.py writes it); pass the run's --config=FILE")
+    c = default_config()
+    _update(c, json.loads(path.read_text()))
+    return c
+
+
+def _update(c, values: dict) -> None:
+    for key, value in values.items():
+        if key not in c:
+            continue  # a key this version no longer has
+        if isinstance(value, dict) and isinstance(c[key], ml_collections.ConfigDict):
+            _update(c[key], value)
+        else:
+            c[key] = tuple(value) if isinstance(value, list) else value

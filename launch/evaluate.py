@@ -6,8 +6,11 @@
 Lengths are multiples of the training context (config.data.seq_len). For a DroPE run the RoPE
 baselines (rope, pi, ntk, yarn) use the flip-step checkpoint, or the annealed RoPE run it branched from, and
 drope the final (or --step) one.
-Other methods: drope_logn (NoPE with log-n query scaling), and nope, alibi, rnope_swa for runs trained
-with them from scratch; NAME@WORKDIR takes a method's weights from another run. The run's config is
+drope evaluates as the DroPE paper does: past the context every attention logit is multiplied by
+beta(s) = 1 + c ln(s) at s x the context, c fitted per model on held-out tuning text (--temperature);
+drope_raw is the same weights without it. Other methods: drope_logn (NoPE with log-n query scaling), and
+nope (tempered like drope; nope_raw without), alibi, rnope_swa for runs trained with them from scratch;
+NAME@WORKDIR takes a method's weights from another run. The run's config is
 read from DIR/config.json (written by launch/tpu_run.py), or given with --config. Writes DIR/eval/:
 results.json, report.md, ppl_vs_length.png, loss_by_position.png, niah_heatmap.png.
 """
@@ -30,7 +33,8 @@ _CACHE = define_compilation_cache_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir; results go to WORKDIR/eval.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for drope and from-scratch methods (default: latest).")
 _INIT_FROM = flags.DEFINE_string("init_from", "", "hf:DIR: evaluate a Hugging Face checkpoint (needs --config).")
-_METHODS = flags.DEFINE_string("methods", "drope,rope,pi,ntk,yarn", "Comma-separated methods (NAME or NAME@WORKDIR).")
+_METHODS = flags.DEFINE_string("methods", "drope,drope_raw,rope,pi,ntk,yarn",
+                               "Comma-separated methods (NAME or NAME@WORKDIR).")
 _LENGTHS = flags.DEFINE_list("lengths", ["1", "2", "4", "8"], "Multiples of the training context.")
 _TASKS = flags.DEFINE_list("tasks", ["ppl", "niah"], "ppl and/or niah.")
 _NIAH_TASKS = flags.DEFINE_list("niah_tasks", list(niah.TASKS), "NIAH tasks.")
@@ -46,6 +50,22 @@ _TEMPLATE = flags.DEFINE_enum("template", "auto", ["auto", *niah.TEMPLATES], "NI
 _VALUES = flags.DEFINE_enum("values", "number", ["number", "word"], "NIAH needle values.")
 _SEED = flags.DEFINE_integer("seed", 0, "NIAH seed.")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval).")
+_TEMPERATURE = flags.DEFINE_string(
+    "temperature", "fit", "The softmax temperature of drope and nope past the context, beta(s) = 1 + c ln(s): "
+    "'fit' (c minimising perplexity on the held-out split's tuning part at the lengths above 1x, per model), "
+    "a number c (the paper's fits: 0.412 for its from-scratch 0.5B model, 0.103 for SmolLM-360M-DroPE), "
+    "or 'off' (c = 0).")
+_TEMPERATURE_SEQUENCES = flags.DEFINE_integer("temperature_sequences", 8, "Tuning rows at the longest length "
+                                              "for --temperature=fit.")
+
+
+def _temperature_c(value: str) -> float | None:
+    if value in ("fit", "off"):
+        return None if value == "fit" else 0.0
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--temperature={value!r}: give 'fit', 'off' or a number c (e.g. 0.412)") from None
 
 
 def _default_chunk() -> int:
@@ -64,7 +84,8 @@ def main(argv):
             depths=tuple(float(d) for d in _DEPTHS.value), niah_samples=_SAMPLES.value,
             ppl_sequences=_SEQUENCES.value, batch_size=_BATCH.value,
             query_chunk=_default_chunk() if _CHUNK.value is None else _CHUNK.value,
-            template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value)
+            template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value,
+            temperature_c=_temperature_c(_TEMPERATURE.value), temperature_sequences=_TEMPERATURE_SEQUENCES.value)
         run = Run(_WORKDIR.value, config=_CONFIG.value, step=_STEP.value, init_from=_INIT_FROM.value)
         results = suite.evaluate(run, settings)
         results["command"] = " ".join(["python"] + sys.argv)

@@ -203,7 +203,7 @@ def test_parquet_rows_are_documents(tmp_path):
 
 class _HeldOut(pipeline.Corpus):
     def __init__(self, lengths):
-        self.path = "held_out"
+        self.path, self.eos_id = "held_out", -1
         self.docs = [np.arange(100 * i, 100 * i + n, dtype=np.int32) for i, n in enumerate(lengths)]
 
     def documents(self, split):
@@ -211,13 +211,25 @@ class _HeldOut(pipeline.Corpus):
 
 
 def test_held_out_rows_start_documents_first_then_take_further_stretches_of_long_ones():
-    rows, documents = _HeldOut([5, 3, 30, 9, 70]).eval_rows(9, 6)
+    rows, documents = _HeldOut([5, 3, 30, 40, 9, 70]).eval_rows(9, 6)  # document 3 is the tuning part's
     starts = [int(r[0]) for r in rows]
-    assert starts == [200, 0, 400, 210, 410, 220]  # the long documents' starts, the short ones joined, then more
-    np.testing.assert_array_equal(rows[1], [0, 1, 2, 3, 4, 100, 101, 102, 300, 301])
+    assert starts == [200, 0, 500, 210, 510, 220]  # the long documents' starts, the short ones joined, then more
+    np.testing.assert_array_equal(rows[1], [0, 1, 2, 3, 4, 100, 101, 102, 400, 401])
     assert documents == 5 and all(np.all(np.diff(r) == 1) for i, r in enumerate(rows) if i != 1)
     with pytest.raises(ConfigError, match="val_fraction"):
         _HeldOut([3, 4]).eval_rows(9, 2)
+
+
+def test_the_tuning_part_is_every_fourth_held_out_document_and_nothing_else_reads_it():
+    corpus = _HeldOut([20] * 10)
+    first = {part: [int(d[0]) // 100 for d in corpus.held_out(part)] for part in pipeline.HELD_OUT_PARTS}
+    assert first == {"report": [0, 1, 2, 4, 5, 6, 8, 9], "tuning": [3, 7]}
+    report_rows, _ = corpus.eval_rows(9, 100)
+    tuning_rows, documents = corpus.eval_rows(9, 100, part="tuning")
+    assert {int(r[0]) // 100 for r in report_rows} == set(first["report"])
+    assert {int(r[0]) // 100 for r in tuning_rows} == {3, 7} and documents == 2
+    assert not {int(t) // 100 for t in corpus.haystack("val", 10_000)} & {3, 7}
+    assert [len(list(_HeldOut([20] * 3).held_out(part))) for part in pipeline.HELD_OUT_PARTS] == [3, 0]
 
 
 def test_shorter_lengths_cut_the_same_text_as_the_longest():

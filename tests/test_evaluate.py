@@ -13,7 +13,7 @@ import pytest
 from drope_jax import sharding
 from drope_jax.data import niah, pipeline
 from drope_jax.errors import ConfigError
-from drope_jax.eval import methods, perplexity, report, suite
+from drope_jax.eval import methods, perplexity, report, suite, temperature
 from drope_jax.eval.methods import Run, parse_methods
 from drope_jax.model import loss, state
 from drope_jax.model.config import ModelConfig
@@ -91,12 +91,23 @@ def test_retrieval_harness_says_yes_and_no():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A DroPE run (flip at 4 of 8, perplexity every 4 steps) and short ALiBi and RNoPE-SWA runs from scratch."""
+    """A DroPE run (flip at 4 of 8, perplexity every 4 steps) and short ALiBi, RNoPE-SWA and NoPE runs from
+    scratch."""
     root = tmp_path_factory.mktemp("runs")
     loop.run(tiny_config(eval=dict(every_steps=4), train=dict(total_steps=8), drope=dict(flip_step=4)), root / "drope")
     for name, positions in (("alibi", dict(kind="alibi")), ("rnope_swa", dict(kind="rope", nope_every=2, window=16))):
         loop.run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), root / name)
+    loop.run(tiny_config(train=dict(total_steps=4), drope=dict(flip_step=0)), root / "nope")
     return root
+
+
+def test_the_final_table_shows_drope_with_its_fitted_temperature_beside_the_raw_one(runs):
+    table = json.loads((runs / "drope" / "eval.json").read_text())
+    c = table["temperature"]["c"]
+    raw, tempered = table["perplexity"]["drope (step 8, final)"], table["perplexity"][f"drope + temperature c={c:.2f}"]
+    assert tempered["1"] == raw["1"] and table["temperature"]["how"] == "fitted"
+    assert np.log(table["temperature"]["tuning_ppl"]["2"]) <= np.log(table["temperature"]["tuning_ppl_raw"]["2"])
+    assert "temperature" not in json.loads((runs / "alibi" / "eval.json").read_text())
 
 
 def test_in_training_perplexity_is_logged_in_the_phase_being_trained(runs):
@@ -197,6 +208,8 @@ def test_batched_evaluation_equals_the_cell_by_cell_computation(runs):
         weights = run.weights(methods.method_weights(name))
         for m in settings.lengths:
             pos = methods.method_pos(name, run, float(m))
+            if name in methods.TEMPERED:
+                pos = temperature.encoding(results["temperature"][name]["c"], m, pos)
             sequences = pipeline.same_text_rows(corpus, 32, settings.lengths, settings.ppl_sequences)[0][m]
             alone = perplexity.perplexity(run.spec, weights.params, sequences, pos, batch_size=len(sequences))
             np.testing.assert_allclose(results["ppl"][name][str(m)], alone, rtol=1e-5)
@@ -257,3 +270,58 @@ def test_equal_cells_are_computed_once(runs, monkeypatch):
     results = suite.evaluate(run, _settings(methods=twice, lengths=(4,), tasks=("niah",), depths=(0.0,)),
                                   log=lambda _: None)
     assert len(decodes) == 1 and results["niah"]["rope"] == results["niah"][f"rope@{runs / 'drope'}"]
+
+
+def test_drope_is_evaluated_with_its_fitted_temperature_beside_the_raw_one(runs, tmp_path):
+    """drope carries the temperature fitted on the tuning part; drope_raw is the same weights without it. In the
+    context both are the same computation; past it the fitted c is a minimum of the tuning perplexity."""
+    run = Run(runs / "drope")
+    settings = _settings(methods=tuple(parse_methods("drope,drope_raw")), lengths=(1, 2, 4), tasks=("ppl",))
+    logged = []
+    results = suite.evaluate(run, settings, log=logged.append)
+    fitted, ppl = results["temperature"]["drope"], results["ppl"]
+    assert set(results["temperature"]) == {"drope"} and fitted["how"] == "fitted"
+    assert ppl["drope"]["1"] == ppl["drope_raw"]["1"]  # bit for bit: beta is 1 within the context
+    assert fitted["beta"] == {str(m): temperature.temperature_beta(fitted["c"], m) for m in (1, 2, 4)}
+    assert results["methods"]["drope"]["encoding"]["4"] == f"nope, logit scale {fitted['beta']['4']:g}"
+    assert any(line.startswith("drope: temperature c=") for line in logged)
+
+    corpus = pipeline.open_corpus(run.config.data)
+    tuning, documents = pipeline.same_text_rows(corpus, 32, (2, 4), settings.temperature_sequences, part="tuning")
+    assert documents == fitted["tuning_documents"]
+    weights = run.weights("final")
+
+    def objective(c):
+        return np.mean([np.mean(perplexity.row_nll(run.spec, weights.params, tuning[m], temperature.encoding(c, m),
+                                                   batch_size=2)) for m in (2, 4)])
+
+    best = objective(fitted["c"])  # a minimum over the search range [0, C_MAX]
+    assert all(best <= objective(c) for c in (fitted["c"] - 0.1, fitted["c"] + 0.1) if 0 <= c <= temperature.C_MAX)
+    assert fitted["at_bound"] == (fitted["c"] >= temperature.C_MAX - temperature.C_TOLERANCE)
+    assert best <= objective(0.0) and np.mean(np.log(list(fitted["tuning_ppl"].values()))) == pytest.approx(best)
+    report_md = report.markdown(results)
+    assert "## Softmax temperature past the context" in report_md and f"| drope | {fitted['c']:.3f} |" in report_md
+
+
+def test_a_temperature_set_by_hand_or_off(runs):
+    run = Run(runs / "drope")
+    sequences = pipeline.same_text_rows(pipeline.open_corpus(run.config.data), 32, (2,), 3)[0][2]
+    weights = run.weights("final")
+    for c in (0.412, 0.0):
+        settings = _settings(methods=tuple(parse_methods("drope,drope_raw")), lengths=(2,), tasks=("ppl",),
+                             temperature_c=c)
+        results = suite.evaluate(run, settings, log=lambda _: None)
+        assert results["temperature"]["drope"]["how"] == ("set" if c else "off")
+        want = perplexity.perplexity(run.spec, weights.params, sequences, temperature.encoding(c, 2), batch_size=2)
+        np.testing.assert_allclose(results["ppl"]["drope"]["2"], want, rtol=1e-5)
+        assert (results["ppl"]["drope"]["2"] == results["ppl"]["drope_raw"]["2"]) == (c == 0)
+    with pytest.raises(ConfigError, match="c must be >= 0"):
+        _settings(temperature_c=-0.1)
+
+
+def test_nope_from_scratch_gets_the_same_treatment(runs):
+    nope = runs / "nope"
+    settings = _settings(methods=tuple(parse_methods(f"nope@{nope},nope_raw@{nope}")), lengths=(1, 2), tasks=("ppl",))
+    results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
+    assert set(results["temperature"]) == {f"nope@{nope}"}
+    assert results["ppl"][f"nope@{nope}"]["1"] == results["ppl"][f"nope_raw@{nope}"]["1"]

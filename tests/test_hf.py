@@ -415,3 +415,73 @@ def test_recalibration_configs_follow_the_recipe(name):
     assert c.data.seq_len == (4096 if name.startswith("llama2") else 2048)
     assert c.optim.lr == (1e-4 if name == "llama2_7b_drope" else 3e-4)
     assert plan.model.qk_norm == ("proj" if name.endswith("qk_norm") else "none")
+
+
+# ---- the softmax temperature past the context ----
+
+C, TRAIN_LENGTH = 0.4, 128  # parity at 2x and 4x: 256 and 512 tokens
+# case -> (config, fold the temperature into the weights, exported class)
+TEMPERATURE_CASES = {
+    "folded-stock": (BASE, True, "SmolLM3ForCausalLM"),
+    "folded-into-qk-norm": (dataclasses.replace(BASE, qk_norm="proj"), True, "DroPELlamaForCausalLM"),
+    "folded-with-biases": (dataclasses.replace(BASE, attention_bias=True), True, "DroPEQwen2ForCausalLM"),
+    "at-run-time": (BASE, False, "DroPELlamaForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEMPERATURE_CASES))
+def test_export_carries_the_temperature(case, tmp_path):
+    """Flax with beta(s) = 1 + c ln(s) against the exported model at 2x and 4x the training context: folded
+    into the queries for that length, or applied by the modelling file from the input's length."""
+    cfg, fold, exported_class = TEMPERATURE_CASES[case]
+    params = random_params(cfg)
+    for s in (2, 4):
+        out = tmp_path / f"out{s}"
+        if fold or s == 2:  # one run-time export serves every length
+            temperature = hf.export.ExportTemperature(C, TRAIN_LENGTH, s * TRAIN_LENGTH if fold else None)
+            hf_cfg = hf.export_params(params, cfg, out, position="nope", temperature=temperature)
+            exported = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+            assert type(exported).__name__ == exported_class
+            assert ("temperature_c" in hf_cfg) != fold and ("drope_temperature_folded" in hf_cfg) == fold
+        toks = tokens(s, length=s * TRAIN_LENGTH)
+        want = np.asarray(forward(cfg, temperature_encoding(s))(params, toks))
+        got = hf_logits(exported, toks)
+        assert_close(got, want, f"{case} at {s}x")
+        raw = np.asarray(forward(cfg, NOPE)(params, toks))
+        assert np.abs(got - raw).max() / np.abs(raw).max() > 10 * TOL  # the temperature is there to be seen
+    if not fold:  # within the context, no temperature
+        toks = tokens(5, length=TRAIN_LENGTH)
+        assert_close(hf_logits(exported, toks), np.asarray(forward(cfg, NOPE)(params, toks)), f"{case} at 1x")
+
+
+def temperature_encoding(s):
+    from drope_jax.eval import temperature
+    return temperature.encoding(C, s)
+
+
+def test_convert_takes_the_fitted_temperature_of_the_exported_step(tmp_path):
+    params = random_params(BASE)
+    write_workdir(tmp_path / "run", BASE, params, phase="nope", step=7)
+    config = default_config()
+    config.data.seq_len = TRAIN_LENGTH
+    (tmp_path / "run" / "config.json").write_text(config.to_json())
+    logged = []
+    hf_cfg = hf.export_checkpoint(tmp_path / "run", tmp_path / "none", log=logged.append)
+    assert "temperature_c" not in hf_cfg and "run launch/evaluate.py first" in logged[0]
+
+    (tmp_path / "run" / "eval").mkdir()
+    results = {"run": {"step": 7, "init_from": "", "context": TRAIN_LENGTH}, "temperature": {"drope": {"c": C}}}
+    (tmp_path / "run" / "eval" / "results.json").write_text(json.dumps(results))
+    hf_cfg = hf.export_checkpoint(tmp_path / "run", tmp_path / "auto", log=logged.append)
+    assert (hf_cfg["temperature_c"], hf_cfg["temperature_train_length"]) == (C, TRAIN_LENGTH)
+    assert "trust_remote_code" in logged[-2] and "from each input's length" in logged[-1]
+    hf_cfg = hf.export_checkpoint(tmp_path / "run", tmp_path / "set", temperature=0.103, temperature_length=512,
+                                  log=logged.append)
+    assert hf_cfg["drope_temperature_folded"]["beta"] == pytest.approx(1 + 0.103 * np.log(4))
+    assert hf_cfg["architectures"] == ["SmolLM3ForCausalLM"]
+    assert "temperature_c" not in hf.export_checkpoint(tmp_path / "run", tmp_path / "off", temperature="off",
+                                                       log=logged.append)
+    write_workdir(tmp_path / "rope", BASE, params, phase="rope", step=7)
+    with pytest.raises(ConfigError, match="applies to NoPE"):
+        hf.export_params(params, BASE, tmp_path / "bad", position="rope",
+                         temperature=hf.export.ExportTemperature(C, TRAIN_LENGTH))

@@ -24,6 +24,7 @@ import json
 import math
 import pathlib
 
+import jax
 import lm_eval
 import numpy as np
 import pytest
@@ -31,8 +32,9 @@ import torch
 import transformers
 from lm_eval.tasks import TaskManager
 
-from drope_jax import hf
+from drope_jax import hf, sharding
 from drope_jax.hf import load
+from drope_jax.model import state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TASK_DIR = REPO / "tests" / "lm_eval_task"
@@ -48,7 +50,10 @@ EXPORTS = {
     "rope": ("rope", False, "LlamaForCausalLM", False),
     "nope": ("nope", False, "SmolLM3ForCausalLM", False),
     "nope-qk-norm": ("nope", True, "DroPELlamaForCausalLM", True),
+    # the quickstart's kind: a byte-level model (257 tokens, no tokenizer given), its temperature folded in
+    "bytes-nope-temperature": ("nope", False, "SmolLM3ForCausalLM", False),
 }
+BYTE_TEMPERATURE = hf.export.ExportTemperature(c=0.4, train_length=8, fold_length=32)
 
 
 def write_tokenizer(path):
@@ -86,10 +91,15 @@ def exports(tmp_path_factory):
     source = hf.read_source(root / "source")
     dirs = {}
     for name, (position, qk_norm, _, _) in EXPORTS.items():
-        # QK-norm: the recalibration's start, the weights initialised to 1 on import
-        cfg = dataclasses.replace(source.model, qk_norm="proj" if qk_norm else "none")
-        params, _ = load.load_hf(root / "source", cfg, log=lambda _: None)
-        hf.export_params(params, cfg, root / name, position=position, source_dir=root / "source")
+        if name.startswith("bytes"):
+            cfg = dataclasses.replace(source.model, vocab_size=257, init_std=0.3)
+            params = state.init_params(state.model_spec(cfg), 0, sharding.make_mesh(devices=jax.devices()[:1]))
+            hf.export_params(params, cfg, root / name, position=position, temperature=BYTE_TEMPERATURE)
+        else:
+            # QK-norm: the recalibration's start, the weights initialised to 1 on import
+            cfg = dataclasses.replace(source.model, qk_norm="proj" if qk_norm else "none")
+            params, _ = load.load_hf(root / "source", cfg, log=lambda _: None)
+            hf.export_params(params, cfg, root / name, position=position, source_dir=root / "source")
         dirs[name] = root / name
     return dirs
 
@@ -105,7 +115,8 @@ def direct_loglikelihoods(path, remote: bool) -> list[list[float]]:
         row = []
         for choice in doc["choices"]:
             whole = tokenizer(f"{doc['query']} {choice}").input_ids
-            assert whole[: len(context)] == context and 3 not in whole  # no <unk>: the vocabulary covers the task
+            assert whole[: len(context)] == context  # the harness splits a pair's tokens the same way
+            assert path.name.startswith("bytes") or 3 not in whole  # no <unk>: the vocabulary covers the task
             with torch.no_grad():
                 logits = model(torch.tensor([whole])).logits[0].double()
             logp = torch.log_softmax(logits, -1)
@@ -152,3 +163,26 @@ def test_nope_export_is_evaluated_without_rope(exports):
     rope = np.array(direct_loglikelihoods(exports["rope"], False))
     nope = np.array(direct_loglikelihoods(exports["nope"], False))
     assert np.abs(rope - nope).max() > 100 * TOL
+
+
+def test_the_byte_level_export_tokenizes_and_generates_like_training(exports):
+    """The quickstart's kind of export: AutoTokenizer gives the training tokens (bytes, no BOS), decodes them
+    back, and generate continues a prompt with the model's own greedy tokens (here past the folded length)."""
+    from drope_jax.data.tokenizer import ByteTokenizer
+    from drope_jax.eval import decode, temperature
+
+    path = exports["bytes-nope-temperature"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    text = 'def f(x):\n    return "é€"  # ok'
+    ids = tokenizer(text).input_ids
+    assert ids == ByteTokenizer().encode(text).tolist() and tokenizer.decode(ids) == text
+    assert tokenizer.eos_token_id == 256
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    prompt = tokenizer(("def main(): pass\n" * 3)[:30], return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=2, do_sample=False, eos_token_id=None)[0, 30:].tolist()
+    cfg = dataclasses.replace(hf.read_source(path).model, compute_dtype="float32")
+    params, _ = load.load_hf(path, cfg, log=lambda _: None)  # the folded weights: no further temperature
+    want = decode.greedy_generate(params, prompt.input_ids.numpy().astype(np.int32), spec=state.model_spec(cfg),
+                                  pos=temperature.NOPE, max_new_tokens=2)
+    assert generated == np.asarray(want)[0].tolist()

@@ -410,8 +410,7 @@ def test_every_model_field_is_a_config_key_and_survives_config_json(tmp_path):
     """The model schema is ModelConfig's: config.model has every field (attention_bias included), and a run's
     config.json read back keeps them all."""
 
-    from drope_jax.eval.methods import load_run_config
-    from drope_jax.run_config import default_config
+    from drope_jax.run_config import default_config, load_run_config
 
     c = default_config()
     assert set(c.model) == {f.name for f in dataclasses.fields(ModelConfig)}

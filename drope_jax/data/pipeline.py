@@ -28,6 +28,8 @@ from drope_jax.data.tokenizer import ByteTokenizer, HFTokenizer
 from drope_jax.errors import ConfigError
 
 SOURCES = ("arrayrecord", "python_stdlib")
+HELD_OUT_PARTS = ("report", "tuning")
+TUNING_EVERY = 4  # held-out documents 3, 7, 11, ... are the tuning part
 
 
 class Corpus:
@@ -72,10 +74,22 @@ class Corpus:
         raise ConfigError(f"{self.path}/metadata.json names no tokenizer to write prompts with; prepare the data "
                           "with launch/prepare_data.py --tokenizer=bytes or a tokenizer.json")
 
+    def held_out(self, part: str = "report"):
+        """The held-out ("val") documents of one part, in file order. "tuning" is every ``TUNING_EVERY``-th
+        document, kept for fitting evaluation knobs such as the softmax temperature; "report" is the others,
+        the text that evaluations score and NIAH haystacks are made of. So a knob is never fitted on the text
+        it is scored on. A split of fewer than ``TUNING_EVERY`` documents is all "report"."""
+        if part not in HELD_OUT_PARTS:
+            raise ValueError(f"held-out part {part!r}: choose one of {HELD_OUT_PARTS}")
+        docs = self.documents("val")
+        tuning = [i % TUNING_EVERY == TUNING_EVERY - 1 for i in range(len(docs))]
+        return (docs[i] for i in range(len(docs)) if tuning[i] == (part == "tuning"))
+
     def haystack(self, split: str, max_tokens: int) -> np.ndarray:
-        """The split's first documents, concatenated without their EOS tokens, up to about ``max_tokens``."""
+        """The split's first documents (for "val", its report part), concatenated without their EOS tokens,
+        up to about ``max_tokens``."""
         chunks, have = [], 0
-        for doc in self.documents(split):
+        for doc in self.held_out("report") if split == "val" else self.documents(split):
             doc = np.asarray(doc, np.int32)
             chunks.append(doc[doc != self.eos_id])
             have += len(chunks[-1])
@@ -83,14 +97,15 @@ class Corpus:
                 break
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
 
-    def eval_rows(self, length: int, num_rows: int) -> tuple[np.ndarray, int]:
-        """Up to ``num_rows`` held-out rows of ``length + 1`` tokens from as many documents as possible, each
+    def eval_rows(self, length: int, num_rows: int, part: str = "report") -> tuple[np.ndarray, int]:
+        """Up to ``num_rows`` rows of ``length + 1`` tokens from as many documents of the held-out ``part`` as
+        possible, each
         row one document's own text where documents are long enough: first the start of every document
         (shorter ones joined together), then, while rows are missing, the next stretch of each long
         document, and so on. Returns int32 [n, length + 1] and how many documents the rows hold."""
         size = length + 1
         rows, documents, short, long_docs = [], 0, [], []  # short: documents waiting to be joined
-        for doc in self.documents("val"):  # the start of every document
+        for doc in self.held_out(part):  # the start of every document
             if len(rows) == num_rows:
                 break
             if len(doc) >= size:
@@ -109,17 +124,19 @@ class Corpus:
             rows += [doc[stretch * size:(stretch + 1) * size] for doc in long_docs[:num_rows - len(rows)]]
             stretch += 1
         if not rows:
-            raise ConfigError(f"the held-out split of {self.path} is too short for a sequence of {length} "
-                              "tokens; prepare it with a larger --val_fraction")
+            raise ConfigError(f"the held-out split's {part} part (pipeline.Corpus.held_out) of {self.path} is too "
+                              f"short for a sequence of {length} tokens; prepare it with a larger --val_fraction")
         return np.stack(rows).astype(np.int32), documents
 
 
-def same_text_rows(corpus: Corpus, context: int, multiples, num_rows: int) -> tuple[dict[int, np.ndarray], int]:
+def same_text_rows(corpus: Corpus, context: int, multiples, num_rows: int,
+                   part: str = "report") -> tuple[dict[int, np.ndarray], int]:
     """Held-out rows at each multiple of ``context``, all cut from the same text: ``num_rows`` rows of the
-    longest length (``Corpus.eval_rows``), each split into pieces of the shorter lengths, so that lengths
-    compare context, not text. Returns {multiple: int32 [rows, multiple * context + 1]} and the documents."""
+    longest length (``Corpus.eval_rows`` of the held-out ``part``), each split into pieces of the shorter
+    lengths, so that lengths compare context, not text. Returns {multiple: int32 [rows, multiple * context + 1]}
+    and the documents."""
     longest = max(multiples) * context
-    rows, documents = corpus.eval_rows(longest, num_rows)
+    rows, documents = corpus.eval_rows(longest, num_rows, part)
     cut = {}
     for m in multiples:
         length = m * context

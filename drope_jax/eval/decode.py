@@ -37,19 +37,19 @@ def greedy_generate(params, prompt_BP, *, spec: ModelSpec, pos: PosEncoding, max
     the prompt and the teacher tokens before it. Decoding then starts from the prompt alone: the teacher's
     keys beyond the current position are masked, and overwritten as tokens are generated. RoPE scalings
     share one compiled program (``positions.as_data``)."""
-    pos, rope_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
-    return _generate(params, prompt_BP, rope_table, teacher_BA, spec=spec, pos=pos, max_new_tokens=max_new_tokens,
+    pos, pos_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
+    return _generate(params, prompt_BP, pos_table, teacher_BA, spec=spec, pos=pos, max_new_tokens=max_new_tokens,
                      use_qk_norm=use_qk_norm, query_chunk=query_chunk, return_logits=return_logits)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "max_new_tokens", "use_qk_norm", "query_chunk",
                                              "return_logits"))
-def _generate(params, prompt_BP, rope_table, teacher_BA, *, spec, pos, max_new_tokens, use_qk_norm, query_chunk,
+def _generate(params, prompt_BP, pos_table, teacher_BA, *, spec, pos, max_new_tokens, use_qk_norm, query_chunk,
               return_logits):
     b, p = prompt_BP.shape
     cache = init_cache(spec.cfg, b, p + max_new_tokens - 1)
     run = functools.partial(apply, spec, params, pos=pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk,
-                            rope_table=rope_table)
+                            pos_table=pos_table)
     if teacher_BA is None:
         logits_BPV, cache = run(prompt_BP, cache=cache)
         first_logits_BV = logits_BPV[:, -1].astype(jnp.float32)

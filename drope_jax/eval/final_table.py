@@ -1,11 +1,12 @@
 """The table a training run ends with: held-out perplexity at each context multiple, on the same text at
-every length, for the last RoPE-phase model, the RoPE control and the final model. It runs the evaluation's
-perplexity pipeline (``perplexity``) with ``config.eval``'s knobs."""
+every length, for the last RoPE-phase model, the RoPE control and the final model; a final NoPE model also
+with the DroPE paper's softmax temperature, fitted on the held-out split's tuning part (``temperature``).
+It runs the evaluation's perplexity pipeline (``perplexity``) with ``config.eval``'s knobs."""
 
 from __future__ import annotations
 
 from drope_jax.data import pipeline
-from drope_jax.eval import perplexity
+from drope_jax.eval import perplexity, temperature
 from drope_jax.model.positions import NOPE
 from drope_jax.run_config import Plan
 from drope_jax.train import branch
@@ -33,11 +34,26 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: pipeline.Corpus, mesh, so
     rows = [f"{title:<36}" + "".join(f"{f'{m}x ({n})':>14}" for m, n in zip(config.eval.lengths, lengths))]
     abstract = spec.placed_params(mesh)
     rows_per_batch = perplexity.batch_rows(config.eval.batch_size, config.eval.lengths)
-    for name, where, step, pos, use_qk in models:
-        params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
-        ppl = [perplexity.perplexity(spec, params, sequences[m], pos, use_qk_norm=use_qk, batch_size=rows_per_batch[m])
-               for m in config.eval.lengths]
+
+    def add_row(name, params, pos_at, use_qk):
+        ppl = [perplexity.perplexity(spec, params, sequences[m], pos_at(m), use_qk_norm=use_qk,
+                                     batch_size=rows_per_batch[m]) for m in config.eval.lengths]
         results["perplexity"][name] = dict(zip(map(str, config.eval.lengths), ppl))
         rows.append(f"{name:<36}" + "".join(f"{p:>14.3f}" for p in ppl))
+
+    for name, where, step, pos, use_qk in models:
+        params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
+        add_row(name, params, lambda m, pos=pos: pos, use_qk)
+    above = [m for m in config.eval.lengths if m > 1]
+    if pos == NOPE and above:  # the final model (the loop's last: pos, params) is NoPE: also as the paper evaluates it
+        tuning, documents = pipeline.same_text_rows(corpus, config.data.seq_len, above,
+                                                    max(config.eval.num_sequences // 2, 1), part="tuning")
+        fitted = temperature.fit_on(spec, params, tuning, use_qk_norm=True, rows_per_batch=rows_per_batch,
+                                    tuning_documents=documents)
+        results["temperature"] = fitted.to_json(config.eval.lengths)
+        add_row(f"{label} + temperature c={fitted.c:.2f}", params, lambda m: temperature.encoding(fitted.c, m), True)
     log("\n".join(rows))
+    if "temperature" in results:
+        log(f"temperature: every attention logit x (1 + c ln s) at s x the context, c fitted on held-out tuning "
+            f"text ({documents} documents the table does not score)")
     return results

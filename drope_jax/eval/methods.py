@@ -1,13 +1,14 @@
 """What each evaluation method runs: which weights of a run, under which position encoding, at a length.
 
-- ``drope``: the final (or ``--step``) weights with NoPE in every layer; ``drope_logn`` adds log-n
-  query scaling past the training context (an extension, off by default).
+- ``drope``: the final (or ``--step``) weights with NoPE in every layer and, past the training context, the
+  paper's softmax temperature (``eval/temperature.py``); ``drope_raw``: the same without the temperature;
+  ``drope_logn``: log-n query scaling past the context instead (an extension).
 - ``rope``, ``pi``, ``ntk``, ``yarn``: the RoPE weights of a run, unscaled or scaled by the length
   multiple: for a DroPE run branched from a RoPE run (``config.drope.rope_control``, ``config.branch_from``),
   that run's final weights when it ran to the same budget (annealed like DroPE), else its checkpoint at the
   flip; for a DroPE run of its own, its flip-step checkpoint.
 - ``nope``, ``alibi``, ``rnope_swa``: the final weights of a run trained from scratch with that
-  encoding (config.positions), under it.
+  encoding (config.positions), under it; ``nope`` with the temperature as ``drope``, ``nope_raw`` without.
 
 ``NAME@WORKDIR`` takes the weights from another run, so one report can compare runs.
 """
@@ -15,17 +16,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
-import ml_collections
 
 from drope_jax import paths, sharding
 from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.positions import NOPE, PosEncoding
 from drope_jax.model.state import model_spec
-from drope_jax.run_config import default_config, make_plan, qk_norm_applies
+from drope_jax.run_config import load_run_config, make_plan, qk_norm_applies
 from drope_jax.train import branch, checkpoint
 
 SCALINGS = {"rope": "none", "pi": "linear", "ntk": "ntk", "yarn": "yarn"}
@@ -34,7 +33,8 @@ TRAINED = {  # whether a run's (config.positions, flip step) was trained with th
     "alibi": lambda p, flip: p.kind == "alibi" and flip is None,
     "rnope_swa": lambda p, flip: p.kind == "rope" and p.nope_every > 0 and p.window > 0 and flip is None,
 }
-METHODS = ("drope", "drope_logn", *SCALINGS, *TRAINED)
+TEMPERED = ("drope", "nope")  # with the softmax temperature past the context; NAME_raw: without
+METHODS = ("drope", "drope_raw", "drope_logn", *SCALINGS, *TRAINED, "nope_raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,31 +137,13 @@ class Run:
         raise ConfigError(f"{hf_dir}: no_rope_layers={flags} is not a periodic pattern (PosEncoding.nope_every)")
 
 
-def load_run_config(workdir) -> ml_collections.ConfigDict:
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist (launch/tpu_run.py writes it); pass the run's --config=FILE")
-    c = default_config()
-    _update(c, json.loads(path.read_text()))
-    return c
-
-
-def _update(c, values: dict) -> None:
-    for key, value in values.items():
-        if key not in c:
-            continue  # a key this version no longer has
-        if isinstance(value, dict) and isinstance(c[key], ml_collections.ConfigDict):
-            _update(c[key], value)
-        else:
-            c[key] = tuple(value) if isinstance(value, list) else value
-
-
 def method_weights(name: str) -> str:
     return "rope_phase" if name in SCALINGS else "final"
 
 
 def method_pos(name: str, run: Run, factor: float) -> PosEncoding:
-    """The encoding ``name`` evaluates with at ``factor`` x the training context."""
+    """The encoding ``name`` evaluates with at ``factor`` x the training context, before any temperature."""
+    name = name.removesuffix("_raw")
     if name == "drope":
         return NOPE
     if name == "drope_logn":

@@ -19,10 +19,10 @@ from drope_jax.model.state import ModelSpec, apply
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pos", "use_qk_norm", "query_chunk"))
-def _nll(params, tokens_BT1, rope_table, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool,
+def _nll(params, tokens_BT1, pos_table, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bool,
          query_chunk: int | None):
     logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk,
-                       rope_table=rope_table)
+                       pos_table=pos_table)
     return token_nll(logits_BTV, tokens_BT1[:, 1:])
 
 
@@ -65,10 +65,10 @@ def row_nll(spec: ModelSpec, params, sequences_NT1: np.ndarray, pos: PosEncoding
     """Next-token NLL [N, T] of each row of ``sequences_NT1`` (rows of T + 1 tokens): entry t scores token t + 1.
     ``query_chunk`` bounds attention memory for long rows (see attention.py); with ``mesh`` each batch is
     split over its devices (``batch_size`` a multiple of their number). RoPE scalings share one program."""
-    pos, rope_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
+    pos, pos_table = as_data(pos, spec.cfg.dim_per_head, spec.cfg.rope_theta)
 
     def nll(batch, real):
-        return to_host(_nll(params, place(batch, mesh), rope_table, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
+        return to_host(_nll(params, place(batch, mesh), pos_table, spec=spec, pos=pos, use_qk_norm=use_qk_norm,
                             query_chunk=query_chunk)).astype(np.float64)[:real]
 
     return np.concatenate(over_batches(nll, sequences_NT1, batch_size))

@@ -51,6 +51,8 @@ def markdown(results: dict) -> str:
     methods = [f"- **{name}**: {m['weights']} (trained as {m['phase']}); at each length: "
                + "; ".join(f"{k}x {v}" for k, v in m["encoding"].items()) for name, m in results["methods"].items()]
     parts += ["Methods:", *methods, ""]
+    if results.get("temperature"):
+        parts += [_temperature_section(results), ""]
     if results["ppl"]:
         rows = [[name] + [f"{ppl[m]:.3f}" for m in results["lengths"]] for name, ppl in results["ppl"].items()]
         longest = list(results["lengths"].values())[-1]
@@ -75,6 +77,24 @@ def markdown(results: dict) -> str:
         parts += ["## NIAH answer NLL (nats per token of the correct answer, teacher-forced, mean over tasks and "
                   "depths; lower: more retrieved)", "", _table(["method"] + _length_header(results), rows), ""]
     return "\n".join(parts)
+
+
+def _temperature_section(results: dict) -> str:
+    """The tempered methods' c, beta per length and, for a fit, the tuning perplexity without and with it."""
+    rows = []
+    for name, t in results["temperature"].items():
+        tuning = ", ".join(f"{m}x {t['tuning_ppl_raw'][m]:.3f} -> {p:.3f}" for m, p in t["tuning_ppl"].items())
+        how = t["how"] + (" (at the search's upper bound)" if t.get("at_bound") else "")
+        rows.append([name, f"{t['c']:.3f}", how, ", ".join(f"{m}x {b:.3f}" for m, b in t["beta"].items()),
+                     tuning or "-"])
+    return "\n".join([
+        "## Softmax temperature past the context",
+        "",
+        "Every attention logit times beta(s) = 1 + c ln(s) at s x the context (the DroPE paper, Appendix C.2). "
+        "A fitted c minimises the mean held-out NLL at the lengths above 1x on the held-out split's tuning part "
+        "(every 4th held-out document), which the scores below never use.",
+        "",
+        _table(["method", "c", "how", "beta", "tuning perplexity without -> with"], rows)])
 
 
 def plot_perplexity(results: dict, path):

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from drope_jax.data import niah, pipeline
 from drope_jax.errors import ConfigError
-from drope_jax.eval import decode, perplexity
-from drope_jax.eval.methods import Run, method_pos, method_weights
+from drope_jax.eval import decode, perplexity, temperature
+from drope_jax.eval.methods import TEMPERED, Run, method_pos, method_weights
 
 PPL_TASK, NIAH_TASK = "ppl", "niah"
 
@@ -38,6 +38,8 @@ class Settings:
     template: str = "auto"  # NIAH wording: "ruler", "short", "code", or auto (ruler or short) by the context
     values: str = "number"
     seed: int = 0
+    temperature_c: float | None = None  # c of the tempered methods (drope, nope); None: fitted per model
+    temperature_sequences: int = 8  # tuning rows at the longest length for the fit
 
     def __post_init__(self):
         unknown = set(self.tasks) - {PPL_TASK, NIAH_TASK} or set(self.niah_tasks) - set(niah.TASKS)
@@ -46,6 +48,8 @@ class Settings:
                               f"--niah_tasks takes {','.join(niah.TASKS)}")
         if not self.lengths or min(self.lengths) < 1:
             raise ConfigError(f"--lengths={self.lengths}: give multiples of the training context, >= 1")
+        if self.temperature_c is not None and self.temperature_c < 0:
+            raise ConfigError(f"--temperature={self.temperature_c}: c must be >= 0 (0 turns it off)")
 
 
 class _Progress:
@@ -75,6 +79,7 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
     held_out = None  # ({length: rows}, documents): the same text for every method
     if PPL_TASK in settings.tasks:
         held_out = pipeline.same_text_rows(corpus, context, settings.lengths, settings.ppl_sequences)
+    tempering = Tempering(corpus, context, settings, log) if any(n in TEMPERED for n, _ in settings.methods) else None
     generator, prompts = None, {}
     if NIAH_TASK in settings.tasks:
         tokenizer = corpus.tokenizer()
@@ -97,15 +102,15 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                 "flip_step": run.flip_step, "trained_positions": run.trained_pos.describe(), "context": context},
         "settings": {**dataclasses.asdict(settings), "template": generator.template.name if generator else None},
         "lengths": {str(m): m * context for m in settings.lengths},
-        "methods": {}, "ppl": {}, "loss_by_position": {}, "niah": {}, "niah_interval": {}, "niah_answer_nll": {},
-        "niah_examples": {},
+        "methods": {}, "temperature": {}, "ppl": {}, "loss_by_position": {}, "niah": {}, "niah_interval": {},
+        "niah_answer_nll": {}, "niah_examples": {},
     }
     per_method = (len(settings.lengths) * (PPL_TASK in settings.tasks)
                   + len(settings.lengths) * len(settings.niah_tasks) * len(settings.depths) * (generator is not None))
     progress = _Progress(per_method * len(settings.methods))
     devices = run.mesh.size
     rows_per_batch = perplexity.batch_rows(settings.batch_size, settings.lengths, devices)
-    timing = {"load": 0.0, PPL_TASK: 0.0, NIAH_TASK: 0.0}
+    timing = {"load": 0.0, "temperature": 0.0, PPL_TASK: 0.0, NIAH_TASK: 0.0}
     compiles = _Compilations()
     done = {}  # (task, weights, use_qk_norm, encoding, length) -> its results: equal cells are computed once
     start = time.time()
@@ -117,6 +122,12 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
         jax.block_until_ready(weights.params)
         timing["load"] += time.time() - loading
         method_encodings = encodings[(name, where)]
+        if name in TEMPERED:
+            began = time.time()
+            tempered = tempering.of(label, source, weights, rows_per_batch, chunk)
+            timing["temperature"] += time.time() - began
+            results["temperature"][label] = tempered.to_json(settings.lengths)
+            method_encodings = {m: temperature.encoding(tempered.c, m, p) for m, p in method_encodings.items()}
         results["methods"][label] = {"weights": weights.source, "phase": weights.phase,
                                      "encoding": {str(m): p.describe() for m, p in method_encodings.items()}}
         if weights.phase == "rope" and name.startswith("drope"):
@@ -138,6 +149,38 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
                          "compilations": compiles.count, "compile_seconds": round(compiles.seconds, 1),
                          "devices": devices, "rows_per_batch": {str(m): b for m, b in rows_per_batch.items()}}
     return results
+
+
+class Tempering:
+    """The temperature of each tempered method's weights: set by hand (``Settings.temperature_c``) or fitted
+    once per weights on the held-out split's tuning part, at the evaluated lengths above 1x."""
+
+    def __init__(self, corpus, context: int, settings: Settings, log=print):
+        self.c, self.log, self.fitted = settings.temperature_c, log, {}
+        lengths = [m for m in settings.lengths if m > 1]
+        self.rows, self.documents = {}, 0
+        if self.c is None and lengths:
+            self.rows, self.documents = pipeline.same_text_rows(corpus, context, lengths,
+                                                                settings.temperature_sequences, part="tuning")
+
+    def of(self, label: str, source: Run, weights, rows_per_batch, chunk) -> temperature.Temperature:
+        if self.c is not None or not self.rows:
+            return temperature.Temperature(c=self.c or 0.0, how="set" if self.c else "off")
+        key = (weights.source, weights.use_qk_norm)
+        if key not in self.fitted:
+            began = time.time()
+            t = self.fitted[key] = temperature.fit_on(
+                source.spec, weights.params, self.rows, use_qk_norm=weights.use_qk_norm,
+                rows_per_batch=rows_per_batch, query_chunk=chunk, mesh=source.mesh, tuning_documents=self.documents)
+            self.log(f"{label}: temperature c={t.c:.3f} fitted on {len(self.rows[max(self.rows)])} tuning rows "
+                     f"({self.documents} documents) in {time.time() - began:.1f} s, {len(t.tried)} candidates; "
+                     "tuning perplexity without -> with it: " + ", ".join(
+                         f"{m}x {math.exp(t.tuning_nll_raw[m]):.3f} -> {math.exp(t.tuning_nll[m]):.3f}"
+                         for m in self.rows))
+            if t.at_bound:
+                self.log(f"warning: {label}'s c ended at the search's upper bound {temperature.C_MAX}: the tuning "
+                         "perplexity still falls beyond it (an undertrained model?)")
+        return self.fitted[key]
 
 
 class _Compilations:

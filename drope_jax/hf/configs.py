@@ -146,8 +146,10 @@ def token_ids(hf_dir) -> dict:
     return ids
 
 
-def export_kind(cfg: ModelConfig, position: str, qk_norm_active: bool) -> tuple[str, str | None]:
-    """(model_type, attention_type) for an export: stock architectures wherever one fits."""
+def export_kind(cfg: ModelConfig, position: str, qk_norm_active: bool,
+                runtime_temperature: bool = False) -> tuple[str, str | None]:
+    """(model_type, attention_type) for an export: stock architectures wherever one fits. A temperature
+    applied at run time (``runtime_temperature``) needs our modelling file: the DroPE format."""
     if position not in ("rope", "nope"):
         raise HFFormatError(f"a checkpoint in phase {position!r} has no Hugging Face export: only all-RoPE "
                             "(Llama) and all-NoPE (SmolLM3 / DroPE) models export")
@@ -160,7 +162,9 @@ def export_kind(cfg: ModelConfig, position: str, qk_norm_active: bool) -> tuple[
         return f"{base}_drope", f"qk_norm_{position}"
     if position == "rope":
         return base, None
-    return ("qwen2_drope", "nope") if cfg.attention_bias else ("smollm3", None)
+    if cfg.attention_bias or runtime_temperature:
+        return f"{base}_drope", "nope"
+    return "smollm3", None
 
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "smollm3": "SmolLM3ForCausalLM",
@@ -169,9 +173,10 @@ REMOTE_CODE_MODULE = "modeling_drope"
 
 
 def hf_config(cfg: ModelConfig, *, position: str, qk_norm_active: bool, dtype: str, ids: dict,
-              max_position_embeddings: int = 2048) -> dict:
-    """config.json for an export. Both ``rope_theta`` (transformers 4) and ``rope_parameters`` (5) are written."""
-    model_type, attention_type = export_kind(cfg, position, qk_norm_active)
+              max_position_embeddings: int = 2048, runtime_temperature: dict | None = None) -> dict:
+    """config.json for an export. Both ``rope_theta`` (transformers 4) and ``rope_parameters`` (5) are written.
+    ``runtime_temperature``: {"temperature_c", "temperature_train_length"}, which our modelling file applies."""
+    model_type, attention_type = export_kind(cfg, position, qk_norm_active, bool(runtime_temperature))
     n, layers = cfg.num_layers, ["full_attention"] * cfg.num_layers
     c = {
         "architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
@@ -195,4 +200,5 @@ def hf_config(cfg: ModelConfig, *, position: str, qk_norm_active: bool, dtype: s
         c.update(attention_type=attention_type, auto_map={
             "AutoConfig": f"{REMOTE_CODE_MODULE}.{prefix}Config",
             "AutoModelForCausalLM": f"{REMOTE_CODE_MODULE}.{prefix}ForCausalLM"})
+    c.update(runtime_temperature or {})
     return c

@@ -8,8 +8,15 @@ Qwen2 model whose ``attention_type`` says how attention sees positions:
   before the split into heads (tensors ``self_attn.q_norm.weight`` [heads*head_dim], ``k_norm.weight``);
 - "qk_norm_rope": that QK-norm with RoPE kept (a drope-jax QK-norm model exported before its flip).
 
+With ``temperature_c`` > 0 in the config, the DroPE paper's softmax temperature past the context: every
+attention logit times 1 + c ln(s), s the input's length (cached tokens included) over
+``temperature_train_length``, when s > 1. In generation s grows with every new token; it multiplies the new
+queries only.
+
 This file stands alone: it imports only torch and transformers.
 """
+
+import math
 
 import torch
 from torch import nn
@@ -40,6 +47,23 @@ def _add_qk_norm(attn, config, head_dim):
     attn.k_proj.register_forward_hook(lambda _module, _inputs, k: attn.k_norm(k))
 
 
+def _add_temperature(model, config, head_dim):
+    c, train_length = getattr(config, "temperature_c", 0.0) or 0.0, getattr(config, "temperature_train_length", 0)
+    if not c:
+        return
+
+    def set_scaling(decoder, args, kwargs):  # reads the module it runs on: a deep copy of the model works too
+        new = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        new = args[0] if new is None else new
+        cache = kwargs.get("past_key_values")
+        s = (new.shape[1] + (cache.get_seq_length() if cache is not None else 0)) / train_length
+        beta = 1.0 + c * math.log(s) if s > 1 else 1.0
+        for layer in decoder.layers:
+            layer.self_attn.scaling = head_dim**-0.5 * beta
+
+    model.model.register_forward_pre_hook(set_scaling, with_kwargs=True)
+
+
 def _apply_drope(model, config):
     attention_type = getattr(config, "attention_type", "nope")
     if attention_type not in ATTENTION_TYPES:
@@ -50,6 +74,7 @@ def _apply_drope(model, config):
     if attention_type.startswith("qk_norm"):
         for layer in model.model.layers:
             _add_qk_norm(layer.self_attn, config, head_dim)
+    _add_temperature(model, config, head_dim)
 
 
 class DroPELlamaConfig(LlamaConfig):

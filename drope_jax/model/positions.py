@@ -11,8 +11,9 @@ A ``PosEncoding`` says, for one forward pass:
   (NTK-aware) or "yarn" (with its attention temperature); the formulas are Hugging Face
   transformers' (``modeling_rope_utils``), written here for JAX;
 - an optional query temperature for long inputs, off by default: a constant ``logit_scale`` on the
-  attention logits, and ``log_n`` scaling (queries past ``original_length`` scaled by
-  log(position + 1) / log(original_length), as in Qwen's logn attention).
+  attention logits (the DroPE paper's softmax temperature past the context is
+  ``logit_scale=temperature_beta(c, factor)``), and ``log_n`` scaling (queries past ``original_length``
+  scaled by log(position + 1) / log(original_length), as in Qwen's logn attention).
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ ROPE = PosEncoding("rope")
 NOPE = PosEncoding("nope")
 
 
+def temperature_beta(c: float, factor: float) -> float:
+    """The DroPE paper's softmax temperature at ``factor`` x the training context (its Appendix C.2, after
+    Wang et al. 2024): every attention logit times 1 + c ln(factor); exactly 1 within the context."""
+    return 1.0 + c * math.log(factor) if factor > 1 else 1.0
+
+
 def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     """Hugging Face Llama's inverse frequencies: theta^(-2i/head_dim), float32 [head_dim // 2]. The tables
     are NumPy: constants under jit, and data (``as_data``) without compiling anything to compute them."""
@@ -137,19 +144,22 @@ def scaled_inv_freq(pos: PosEncoding, head_dim: int, theta: float) -> tuple[np.n
 
 
 def as_data(pos: PosEncoding, head_dim: int, theta: float) -> tuple[PosEncoding, tuple | None]:
-    """``pos`` split into what must be static and what can be data: for RoPE, the encoding without its
-    scaling and the table (inverse frequencies [head_dim // 2], factor on cos/sin) as arrays. Unscaled RoPE,
-    PI, NTK and YaRN at one length then share one compiled program, and so does NoPE: RoPE with zero
-    frequencies rotates by angle 0 (cos 1, sin 0), which returns q and k unchanged, bit for bit. Other
-    encodings are returned as they are."""
+    """``pos`` split into what must be static and what can be data. For RoPE the table is (inverse
+    frequencies [head_dim // 2], factor on cos/sin, logit scale), arrays: unscaled RoPE, PI, NTK and YaRN at
+    one length then share one compiled program, whatever the logit scale, and so does NoPE: RoPE with zero
+    frequencies rotates by angle 0 (cos 1, sin 0), which returns q and k unchanged, bit for bit. A logit
+    scale of 1 multiplies q by 1, which changes no bit either. Other encodings are returned as they are."""
     # original_length stays static only where log_n needs it; YaRN's use of it is in the table
-    static = dict(scaling="none", factor=1.0, original_length=pos.original_length if pos.log_n else 0)
+    static = dict(scaling="none", factor=1.0, logit_scale=1.0,
+                  original_length=pos.original_length if pos.log_n else 0)
+    logit_scale = np.float32(pos.logit_scale)
     if pos.kind == "nope" and not pos.nope_every:
-        return dataclasses.replace(pos, kind="rope", **static), (np.zeros(head_dim // 2, np.float32), np.float32(1.0))
+        zeros_F = np.zeros(head_dim // 2, np.float32)
+        return dataclasses.replace(pos, kind="rope", **static), (zeros_F, np.float32(1.0), logit_scale)
     if pos.kind != "rope":
         return pos, None
     inv_freq_F, scale = scaled_inv_freq(pos, head_dim, theta)
-    return dataclasses.replace(pos, **static), (inv_freq_F, np.float32(scale))
+    return dataclasses.replace(pos, **static), (inv_freq_F, np.float32(scale), logit_scale)
 
 
 def rotate_half(x):
@@ -168,25 +178,27 @@ def apply_rope(x_BTNH, positions_BT, theta: float, inv_freq_F=None, cos_sin_scal
     return (x * cos + rotate_half(x) * sin).astype(x_BTNH.dtype)
 
 
-def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float, positional=True, rope_table=None):
+def encode(pos: PosEncoding, x_BTNH, positions_BT, theta: float, positional=True, pos_table=None):
     """q or k as ``pos`` presents it to attention. ``positional`` (a bool, or a traced per-layer bool
-    under the layer scan) is False in the NoPE layers of a per-layer pattern. ``rope_table``: the RoPE
+    under the layer scan) is False in the NoPE layers of a per-layer pattern. ``pos_table``: the RoPE
     table of ``as_data`` (traced), used instead of the one ``pos`` describes."""
     if pos.kind != "rope" or positional is False:
         return x_BTNH  # NoPE (and ALiBi, which acts on the logits): the identity rotation (cos=1, sin=0)
-    inv_freq_F, scale = scaled_inv_freq(pos, x_BTNH.shape[-1], theta) if rope_table is None else rope_table
+    inv_freq_F, scale = scaled_inv_freq(pos, x_BTNH.shape[-1], theta) if pos_table is None else pos_table[:2]
     rotated = apply_rope(x_BTNH, positions_BT, theta, inv_freq_F, scale)
     return rotated if positional is True else jnp.where(positional, rotated, x_BTNH)
 
 
-def query_scale(pos: PosEncoding, positions_BT):
-    """[B, T] factor on the queries (``logit_scale`` and ``log_n``), or None when both are off."""
+def query_scale(pos: PosEncoding, positions_BT, pos_table=None):
+    """[B, T] factor on the queries (the logit scale and ``log_n``), or None when neither applies. The logit
+    scale is the table's (traced, so always applied) when ``pos_table`` is given, else ``pos.logit_scale``."""
+    logit_scale = pos.logit_scale if pos_table is None else pos_table[2]
     scale = None
     if pos.log_n:
         n = positions_BT.astype(jnp.float32) + 1.0
         scale = jnp.maximum(1.0, jnp.log(n) / math.log(pos.original_length))
-    if pos.logit_scale != 1.0:
-        scale = pos.logit_scale if scale is None else scale * pos.logit_scale
+    if pos_table is not None or logit_scale != 1.0:
+        scale = logit_scale if scale is None else scale * logit_scale
     return scale
 
 

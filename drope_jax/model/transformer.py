@@ -65,7 +65,7 @@ class Attention(nnx.Module):
         return norm(x_BTNH.reshape(b, t, n * h)).reshape(b, t, n, h)
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
-                 kv_cache=None, query_chunk=None, rope_table=None):
+                 kv_cache=None, query_chunk=None, pos_table=None):
         """``positional``: whether this layer applies ``pos.kind`` (a bool, or traced under the scan).
         ``kv_cache``: (k_LBSKH, v_LBSKH, layer, index): this call's keys and values are written into layer
         ``layer`` at ``index`` and the queries attend to that layer's whole cache (to their own keys when
@@ -81,12 +81,12 @@ class Attention(nnx.Module):
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
         theta = self.cfg.rope_theta
-        q_BTNH = encode(pos, q_BTNH, positions_BT, theta, positional, rope_table)
-        scale_BT = query_scale(pos, positions_BT)
+        q_BTNH = encode(pos, q_BTNH, positions_BT, theta, positional, pos_table)
+        scale_BT = query_scale(pos, positions_BT, pos_table)
         if scale_BT is not None:
             q_BTNH = (q_BTNH * jnp.asarray(scale_BT, jnp.float32)[..., None, None]).astype(dt)
         q_BTNH = constrain(q_BTNH, ("batch", "seq", "act_heads", None))
-        k_BSKH = constrain(encode(pos, k_BTKH, positions_BT, theta, positional, rope_table),
+        k_BSKH = constrain(encode(pos, k_BTKH, positions_BT, theta, positional, pos_table),
                            ("batch", "seq", "act_kv_heads", None))
         v_BSKH, q_offset, new_cache = v_BTKH, None, None
         if kv_cache is not None:
@@ -147,9 +147,9 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
-                 kv_cache=None, query_chunk=None, rope_table=None):
+                 kv_cache=None, query_chunk=None, pos_table=None):
         attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                     positional, kv_cache, query_chunk, rope_table)
+                                     positional, kv_cache, query_chunk, pos_table)
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
         return constrain(x_BTD, ("batch", "seq", "act_embed")), new_kv
@@ -172,7 +172,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, segment_ids_BT=None,
                  use_qk_norm: bool = True, cache: dict | None = None, query_chunk: int | None = None,
-                 rope_table=None):
+                 pos_table=None):
         """Logits [B, T, V] in the compute dtype; with ``cache``, (logits, updated cache).
 
         ``positions_BT`` defaults to 0..T-1 in every row (with a cache: from its length on);
@@ -181,7 +181,8 @@ class Transformer(nnx.Module):
         ``cache`` is ``{"k": [L, B, S, K, H], "v": [L, B, S, K, H], "length": int32}`` (see
         ``drope_jax.eval.decode``); a length of the Python int 0 marks a prefill into an empty cache.
         ``query_chunk`` bounds attention memory for long inputs (see attention.py).
-        ``rope_table``: RoPE's frequencies as data (``positions.as_data``), so scalings share a program."""
+        ``pos_table``: RoPE's frequencies and the logit scale as data (``positions.as_data``), so scalings and
+        temperatures share a program."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         start = 0 if cache is None else cache["length"]
@@ -205,7 +206,7 @@ class Transformer(nnx.Module):
             kv_cache = None if kv is None else (*kv, xs["index"], start)
             positional = xs["positional"] if not uniform else bool(positional_L[0])
             x_BTD, kv = nnx.merge(graphdef, xs["layer"])(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                                         positional, kv_cache, query_chunk, rope_table)
+                                                         positional, kv_cache, query_chunk, pos_table)
             return (x_BTD, kv), None
 
         if cfg.remat != "none":
