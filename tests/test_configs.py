@@ -12,7 +12,7 @@ import pytest
 from drope_jax.errors import ConfigError
 from drope_jax.model.state import model_spec
 from drope_jax.run_config import load_module, make_plan
-from drope_jax.train import branch
+from drope_jax.train import branch, metrics
 from drope_jax.train.setup import make_setup
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -37,7 +37,11 @@ def test_the_parameter_count_is_494m_and_358m_without_the_embedding():
     embedding = math.prod(params["embed_VD"].shape)
     assert "unembed_DV" not in params  # tied: the LM head is the embedding
     assert (round(total / 1e6), round((total - embedding) / 1e6)) == (494, 358)
-    assert total == make_plan(config()).model.num_params()
+    model = make_plan(config()).model
+    assert total == model.num_params()
+    # MFU's numerator leaves the LM head out; "with the LM head" adds its 6 x d x V per token
+    assert metrics.flops_per_token(model, 1024, lm_head=True) - metrics.flops_per_token(model, 1024) == \
+        6 * 896 * 151_936
 
 
 def test_the_optimizer_is_table_4s():
