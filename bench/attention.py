@@ -1,8 +1,9 @@
-"""Causal self-attention alone, XLA against the fused kernel, at the 0.5B model's head shape.
+"""Causal self-attention alone, XLA against the fused kernel, at a 0.5B model's head shape.
 
   python bench/attention.py [--lengths=1024,8192] [--tokens=32768] [--backends=xla,cudnn]
 
-For each length T the batch is tokens / T sequences of 16 heads x 64 (bf16), so every length does
+For each length T the batch is tokens / T sequences of 16 heads x 64 (bf16; configs/0p5b_16b_wsd.py's heads,
+those of docs/performance.md; configs/0p5b_16b.py has 14 query heads: --heads=14), so every length does
 the same number of query tokens. Times ``drope_jax.model.attention.causal_attention`` forward, and forward
 plus backward, each the median of 20 calls after 3 warm-up calls.
 """

@@ -2,6 +2,7 @@
 # Evaluation speed on the GPU machine (issue 15): the default suite of the 0.5B config, and 16x.
 #
 #   bash bench/eval_speed.sh        (from the repo root on the device machine; logs and JSON in $OUT)
+#   CONFIG=configs/0p5b_16b_wsd.py bash bench/eval_speed.sh   (the shape of docs/evaluation.md's figures)
 #
 # The weights are those of a 0.5B run trained for 2 steps (speed does not depend on their values), on
 # the 44M experiment's code corpus and tokenizer (staged here). Every stage has a deadline and writes
@@ -10,6 +11,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=${BENCH_DIR:-/tmp/eval_speed}
+CONFIG=${CONFIG:-configs/0p5b_16b.py}
 OUT=${OUT:-$ROOT/out}
 export PYTHONUNBUFFERED=1
 mkdir -p "$ROOT" "$OUT"
@@ -23,7 +25,7 @@ fi
 stamp "data ready"
 W=$ROOT/run
 if [ ! -f "$W/eval.json" ]; then
-  timeout 300 python launch/tpu_run.py --config=configs/0p5b_16b.py --workdir="$W" --config.data.path="$ROOT/data" \
+  timeout 300 python launch/tpu_run.py --config="$CONFIG" --workdir="$W" --config.data.path="$ROOT/data" \
     --config.train.total_tokens=None --config.train.total_steps=2 --config.drope.flip_tokens=None \
     --config.drope.flip_step=1 --config.drope.recal_warmup_steps=0 --config.train.global_batch_size=8 \
     --config.model.scan_unroll=1 "--config.eval.lengths=(1,)" --config.eval.num_sequences=2 \

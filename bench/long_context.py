@@ -1,6 +1,6 @@
 """The 0.5B model's evaluation forward at long contexts: tokens/s and peak memory, one sequence at a time.
 
-  python bench/long_context.py [--lengths=8192,16384,32768] [--pos=nope]
+  python bench/long_context.py [--config=configs/0p5b_16b.py] [--lengths=8192,16384,32768] [--pos=nope]
 
 Runs ``drope_jax.eval.perplexity.position_nll`` (the evaluator's own forward + per-token loss) on random
 tokens with random weights; the median of 5 timed calls after a warm-up.
@@ -22,10 +22,11 @@ from timing import median_ms
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/0p5b_16b.py")  # docs/performance.md: configs/0p5b_16b_wsd.py
     p.add_argument("--lengths", default="8192,16384,32768")
     p.add_argument("--pos", default="nope", choices=["rope", "nope"])
     args = p.parse_args()
-    module = load_module("configs/0p5b_16b.py")
+    module = load_module(args.config)
     setup = make_setup(module.get_config())
     pos = NOPE if args.pos == "nope" else ROPE
     rng = np.random.default_rng(0)

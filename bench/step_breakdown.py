@@ -1,9 +1,10 @@
 """Where the train step's time goes: forward, forward+backward, the LM head + loss, and the whole step.
 
-  python bench/step_breakdown.py [--remat=dots_no_batch] [--batch=32] [--seq_len=1024]
+  python bench/step_breakdown.py [--config=configs/0p5b_16b.py] [--remat=dots_no_batch] [--batch=32] [--seq_len=1024]
 
 Each part is jitted on its own and timed as a median of 10 runs after 3 warm-ups, on the 0.5B
-config. Used to decide what to optimise; the headline numbers come from launch/benchmark.py.
+config (docs/performance.md's table was measured on configs/0p5b_16b_wsd.py). Used to decide what to
+optimise; the headline numbers come from launch/benchmark.py.
 """
 
 import argparse
@@ -25,12 +26,12 @@ from timing import median_ms
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/0p5b_16b.py")
     p.add_argument("--remat", default="dots_no_batch")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=1024)
     args = p.parse_args()
-    cfg_mod = load_module("configs/0p5b_16b.py")
-    config = cfg_mod.get_config()
+    config = load_module(args.config).get_config()
     config.model.remat = args.remat
     config.train.global_batch_size = args.batch
     config.data.seq_len = args.seq_len
@@ -53,11 +54,12 @@ def main():
             return jnp.mean(token_nll(logits, tokens[:, 1:]))
 
         head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+        lm_head_DV = params["embed_VD"].T if config.model.tie_embeddings else params["lm_head_DV"]
         step = setup.phase_step("rope")
         rows = {
             "forward (loss)": median_ms(fwd, params, batch),
             "forward+backward": median_ms(fwd_bwd, params, batch),
-            "LM head + loss, fwd+bwd": median_ms(head, params["lm_head_DV"], x),
+            "LM head + loss, fwd+bwd": median_ms(head, lm_head_DV, x),
         }
 
         step_state = [state]

@@ -1,9 +1,12 @@
 """DroPE recalibration of SmolLM-360M (the paper's "in the wild" setting): RoPE is dropped at step 0 and
 the pretrained model trains without it at its original 2048-token context.
 
-Published recipe (official run config smollm_360m_drope): global batch 512 x 2048 tokens, 120,000 steps
-(~126B tokens), AdamW lr 3e-4 held constant (its HF `constant` scheduler has no warmup), no weight decay,
-clip 1.0. Needs pre-tokenized data in SmolLM's 49,152-token vocab and the checkpoint on local disk:
+The official code's recipe (its run config smollm_360m_drope): global batch 512 x 2048 tokens, 120,000 steps
+(~126B tokens), AdamW (0.9, 0.999) at lr 3e-4 held constant (its HF `constant` scheduler has no warmup), no
+weight decay, clip 1.0, no QK-norm. The paper's Table 4 (right column) states another: lr 1e-3 after 490
+warm-up steps with a cosine decay, AdamW (0.9, 0.95), weight decay 0.1, QK-norm on, 30B/60B/120B tokens;
+that one is configs/smollm_360m_drope_paper.py. Needs pre-tokenized data in SmolLM's 49,152-token vocab and
+the checkpoint on local disk:
   python launch/tpu_run.py --config=configs/smollm_360m_drope.py:/models/SmolLM-360M --workdir=DIR \
       --config.data.path=DATA
 The path after ':' is the Hugging Face directory; the model fields below must match its config.json

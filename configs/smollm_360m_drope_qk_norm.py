@@ -1,5 +1,6 @@
 """DroPE recalibration of SmolLM-360M with QK-norm (official run config smollm_360m_drope_qk_norm):
-as configs/smollm_360m_drope.py, plus an RMSNorm over the whole q and k projections, started at 1.
+as configs/smollm_360m_drope.py, plus an RMSNorm over the whole q and k projections, started at 1. The
+paper's recipe with QK-norm (lr 1e-3, cosine, weight decay 0.1) is configs/smollm_360m_drope_paper.py.
 
   python launch/tpu_run.py --config=configs/smollm_360m_drope_qk_norm.py:/models/SmolLM-360M --workdir=DIR \
       --config.data.path=DATA

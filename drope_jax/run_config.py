@@ -21,7 +21,7 @@ from drope_jax.data import niah, retrieval
 from drope_jax.errors import ConfigError
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.positions import NOPE, ROPE, PosEncoding
-from drope_jax.train.optim import SCHEDULES, Recal, decay_start, recal_schedule
+from drope_jax.train.optim import RECAL_SCHEDULES, SCHEDULES, Recal, decay_start, recal_schedule
 
 
 def load_module(path):
@@ -71,10 +71,12 @@ def default_config() -> ml_collections.ConfigDict:
         reset_opt_state=True,  # fresh AdamW moments at the flip, as the official recalibration; False carries them
         qk_norm_at_flip=False,  # QK-norm weights exist from the start but apply only after the flip
         flip_in_decay=False,  # True: accept a flip after the pretraining LR has begun to decay
-        # The recalibration's own LR schedule, from the flip to the end: warm-up, constant, linear decay.
+        # The recalibration's own LR schedule, from the flip to the end: warm-up, then constant and a linear
+        # decay ("wsd"), or a cosine decay from recal_lr to the floor at the end ("cosine").
+        recal_schedule="wsd",
         recal_lr=config_dict.placeholder(float),  # None: config.optim.lr
         recal_warmup_steps=100,
-        recal_decay_fraction=0.2,  # the share of the recalibration's steps spent decaying
+        recal_decay_fraction=0.2,  # "wsd": the share of the recalibration's steps spent decaying
         recal_min_lr_ratio=config_dict.placeholder(float),  # the decay's end over recal_lr; None: config.optim's
         rope_control=False,  # also train the RoPE control (this config without the flip) in WORKDIR/rope_control
         # and branch this run from its checkpoint at the flip: the final table compares them at equal budget
@@ -159,8 +161,9 @@ class Plan:
 
     def describe_recal(self) -> str:
         r, span = self.recal, self.total_steps - self.flip_step
-        return (f"recalibration over {span:,} steps: LR {r.peak:.2e}, {r.warmup} warm-up steps, then constant, "
-                f"then {int(span * r.decay_fraction):,} steps of linear decay to {r.floor:.2e}")
+        decay = (f"then a cosine decay over {span - r.warmup:,} steps" if r.schedule == "cosine" else
+                 f"then constant, then {int(span * r.decay_fraction):,} steps of linear decay")
+        return f"recalibration over {span:,} steps: LR {r.peak:.2e}, {r.warmup} warm-up steps, {decay} to {r.floor:.2e}"
 
     def describe(self) -> str:
         flip = "none" if self.flip_step is None else (
@@ -240,6 +243,8 @@ def _check_recalibration(c: ml_collections.ConfigDict, flip: int | None, total: 
             f"annealed, and RoPE runs of the same budget decay over their last steps instead. Use "
             f"schedule='wsd' with decay_fraction <= {(total - flip) / total:.3f}, or recalibrate an annealed RoPE "
             "model in a run of its own (flip_step=0, config.init_from), or set config.drope.flip_in_decay=True")
+    if d.recal_schedule not in RECAL_SCHEDULES:
+        raise ConfigError(f"config.drope.recal_schedule={d.recal_schedule!r}; choose one of {RECAL_SCHEDULES}")
     if not 0 <= d.recal_decay_fraction <= 1:
         raise ConfigError(f"config.drope.recal_decay_fraction={d.recal_decay_fraction} must be in [0, 1]")
     if not 0 <= d.recal_warmup_steps < total - flip:

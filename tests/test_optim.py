@@ -96,6 +96,25 @@ def test_the_recalibration_has_a_schedule_of_its_own(schedule):
     assert close(lr(110, schedule, flip=50, recal=recal), floor)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_a_cosine_recalibration_warms_up_then_decays_to_its_floor(schedule):
+    # flip at 50 of 110: 10 warm-up steps to 2e-3, then a cosine over the other 50 to 0.2 x 2e-3;
+    # recal_decay_fraction is the WSD's alone
+    peak, floor = 2e-3, 0.2 * 2e-3
+    recal = drope_cfg(recal_schedule="cosine", recal_lr=peak, recal_warmup_steps=10, recal_min_lr_ratio=0.2,
+                      recal_decay_fraction=0.9)
+    for s in range(0, 50):
+        assert close(lr(s, schedule, flip=50, recal=recal), lr(s, schedule))
+    assert close(lr(50, schedule, flip=50, recal=recal), peak / 10)
+    assert close(lr(59, schedule, flip=50, recal=recal), peak)
+    assert close(lr(60, schedule, flip=50, recal=recal), peak)
+    assert close(lr(70, schedule, flip=50, recal=recal), floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi / 5)))
+    assert close(lr(85, schedule, flip=50, recal=recal), (peak + floor) / 2)
+    assert close(lr(110, schedule, flip=50, recal=recal), floor)
+    values = [lr(s, schedule, flip=50, recal=recal) for s in range(60, 111)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
 def test_unset_recalibration_values_come_from_the_pretraining_optimizer():
     recal = drope_cfg(recal_warmup_steps=0, recal_decay_fraction=0.0)  # lr and floor: config.optim's
     assert all(close(lr(s, "wsd", flip=50, recal=recal), PEAK) for s in (50, 80, 109))

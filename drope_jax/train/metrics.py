@@ -29,15 +29,18 @@ def peak_flops(device=None) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """PaLM's training FLOPs per token: 6 * non-embedding params + 12 * layers * d_model * seq_len."""
+def flops_per_token(cfg: ModelConfig, seq_len: int, lm_head: bool = False) -> float:
+    """PaLM's training FLOPs per token: 6 * non-embedding params + 12 * layers * d_model * seq_len; with
+    ``lm_head``, also the LM head's 6 * d_model * vocab, which PaLM's count leaves out."""
     n = cfg.num_params(include_embeddings=False)
-    return 6 * n + 12 * cfg.num_layers * cfg.d_model * seq_len
+    head = 6 * cfg.d_model * cfg.vocab_size if lm_head else 0
+    return 6 * n + 12 * cfg.num_layers * cfg.d_model * seq_len + head
 
 
-def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, num_devices: int) -> float | None:
+def mfu(tokens_per_sec: float, cfg: ModelConfig, seq_len: int, num_devices: int,
+        lm_head: bool = False) -> float | None:
     peak = peak_flops()
-    return None if peak is None else tokens_per_sec * flops_per_token(cfg, seq_len) / (peak * num_devices)
+    return None if peak is None else tokens_per_sec * flops_per_token(cfg, seq_len, lm_head) / (peak * num_devices)
 
 
 class MetricsWriter:

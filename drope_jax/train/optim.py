@@ -3,7 +3,8 @@
 The schedule is a pure function of the global step, applied outside the optax chain, so that
 restarting Adam's moments at the flip does not restart it. A run with a flip has two schedules:
 the pretraining one (``config.optim``) before the flip and the recalibration's own (``config.drope.recal_*``:
-warm-up, constant, linear decay over its last part) from the flip to the end.
+warm-up, then constant and a linear decay over its last part ("wsd"), or a cosine decay ("cosine")) from the
+flip to the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "wsd", "constant")
+RECAL_SCHEDULES = ("wsd", "cosine")  # config.drope.recal_schedule
 STARTS_AT_FLIP = "starts_at_flip"  # the optimizer group of parameters that first train at the flip
 
 
@@ -64,6 +66,13 @@ def _warmup_stable_decay(step, *, peak, warmup: int, total: int, decay_steps: in
     return jnp.where(step < warmup, peak * warm, peak - (peak - floor) * frac)
 
 
+def _warmup_cosine(step, *, peak, warmup: int, total: int, floor):
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``peak`` to ``floor`` at step ``total``."""
+    warm = jnp.minimum(1.0, (step + 1) / max(warmup, 1))
+    frac = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    return jnp.where(step < warmup, peak * warm, floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac)))
+
+
 def decay_start(optim_cfg, total_steps: int) -> int | None:
     """The first step at which the pretraining schedule falls below its peak; None: never."""
     if optim_cfg.schedule == "constant":
@@ -77,14 +86,16 @@ class Recal(NamedTuple):
     peak: float
     floor: float
     warmup: int
-    decay_fraction: float
+    decay_fraction: float  # "wsd" only: the share of the recalibration's steps that decays
+    schedule: str = "wsd"  # one of RECAL_SCHEDULES
 
 
 def recal_schedule(optim_cfg, drope_cfg) -> Recal:
-    """The recalibration's peak LR, floor, warm-up and decay share, unset values taken from ``config.optim``."""
+    """The recalibration's peak LR, floor, warm-up, decay share and shape, unset values taken from ``config.optim``."""
     peak = optim_cfg.lr if drope_cfg.recal_lr is None else drope_cfg.recal_lr
     ratio = optim_cfg.min_lr_ratio if drope_cfg.recal_min_lr_ratio is None else drope_cfg.recal_min_lr_ratio
-    return Recal(peak, peak * ratio, drope_cfg.recal_warmup_steps, drope_cfg.recal_decay_fraction)
+    return Recal(peak, peak * ratio, drope_cfg.recal_warmup_steps, drope_cfg.recal_decay_fraction,
+                 drope_cfg.recal_schedule)
 
 
 def lr_at(step, *, optim_cfg, total_steps: int, flip_step: int | None = None, drope_cfg=None):
@@ -97,8 +108,7 @@ def lr_at(step, *, optim_cfg, total_steps: int, flip_step: int | None = None, dr
     if optim_cfg.schedule == "constant":
         base = peak * warm
     elif optim_cfg.schedule == "cosine":
-        frac = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
-        base = jnp.where(step < warmup, peak * warm, floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * frac)))
+        base = _warmup_cosine(step, peak=peak, warmup=warmup, total=total_steps, floor=floor)
     elif optim_cfg.schedule == "wsd":
         base = _warmup_stable_decay(step, peak=peak, warmup=warmup, total=total_steps, floor=floor,
                                     decay_steps=max(int(total_steps * optim_cfg.decay_fraction), 1))
@@ -108,6 +118,11 @@ def lr_at(step, *, optim_cfg, total_steps: int, flip_step: int | None = None, dr
         return base
     r = recal_schedule(optim_cfg, drope_cfg)
     span = total_steps - flip_step
-    recal = _warmup_stable_decay(step - flip_step, peak=r.peak, warmup=r.warmup, total=span,
-                                 decay_steps=int(span * r.decay_fraction), floor=r.floor)
+    if r.schedule == "cosine":
+        recal = _warmup_cosine(step - flip_step, peak=r.peak, warmup=r.warmup, total=span, floor=r.floor)
+    elif r.schedule == "wsd":
+        recal = _warmup_stable_decay(step - flip_step, peak=r.peak, warmup=r.warmup, total=span,
+                                     decay_steps=int(span * r.decay_fraction), floor=r.floor)
+    else:
+        raise ValueError(f"config.drope.recal_schedule={r.schedule!r}; choose one of {RECAL_SCHEDULES}")
     return jnp.where(step >= flip_step, recal, base)

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The paper's Table 4 shape (configs/0p5b_16b.py) on one H200, each figure in one call with its peer:
+#   1. the train step at seq 1024 x batch 32 (launch/benchmark.py, through bench/gpu_perf.sh) against
+#      transformers' Qwen2ForCausalLM of the same shape (bench/hf_peer.py --shape=0p5b_16b): step time,
+#      tokens/s, MFU without and with the LM head;
+#   2. the real loop (launch/tpu_run.py on prepared data, batch 32): 25 RoPE steps, the flip (a checkpoint,
+#      fresh AdamW moments, the NoPE step's compilation), 25 NoPE steps; tokens/s every 5 steps from
+#      metrics.jsonl, the medians of the steady intervals of each phase, and what the flip's interval cost.
+#
+#   bash bench/table4_h200.sh          (repo root on the device machine; logs and metrics.jsonl in $OUT)
+#
+# Needs jax, flax, optax, orbax, transformers and torch, plus grain, ml_collections, array_record,
+# tensorboardX and portpicker on PYTHONPATH. The data (2.: the code corpus and tokenizer of
+# experiments/drope_small, token ids far below the 151,936 vocab, which speed does not depend on) is
+# staged on the CPU while the GPU runs 1. Every stage has a deadline and logs as it goes, so a call that
+# runs out of time returns what it measured; about 6-8 minutes in all.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+ROOT=${BENCH_DIR:-/tmp/table4_h200}
+OUT=${OUT:-$ROOT/out}
+export OUT PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
+mkdir -p "$ROOT" "$OUT"
+stamp() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/progress.log"; }
+
+stage_data() {
+  [ -f "$ROOT/data/metadata.json" ] && return 0
+  timeout 180 python3 experiments/drope_small/stage_corpus.py --out="$ROOT/stage" \
+    --tokenizer=experiments/drope_small/tokenizer --max_mb=16 > "$OUT/stage.log" 2>&1 &&
+  timeout 180 python3 launch/prepare_data.py --input="$ROOT/stage/corpus/*.jsonl" --format=jsonl \
+    --tokenizer="$ROOT/stage/tokenizer" --out="$ROOT/data" --val_fraction=0.05 > "$OUT/prepare.log" 2>&1
+}
+stage_data & data_pid=$!
+
+stamp "1. train step, drope-jax: configs/0p5b_16b.py at 1024 x 32"
+timeout 240 bash bench/gpu_perf.sh jax "" > "$OUT/step_jax.out" 2>&1
+stamp "1. train step, peer: Qwen2ForCausalLM at 1024 x 32"
+timeout 240 bash bench/gpu_perf.sh peer --shape=0p5b_16b --seq_len=1024 --batch=32 --steps=15 \
+  > "$OUT/step_peer.out" 2>&1
+grep -h -v RESULT "$OUT/jax.log" "$OUT/peer.log" | tee -a "$OUT/progress.log"
+
+wait $data_pid || { stamp "data preparation failed: see $OUT/stage.log, $OUT/prepare.log"; exit 1; }
+stamp "2. the real loop with a flip: 50 steps of 32 x 1024, flip at step 25"
+W=$ROOT/run
+rm -rf "$W"
+timeout 330 python3 launch/tpu_run.py --config=configs/0p5b_16b.py --workdir="$W" --config.data.path="$ROOT/data" \
+  --config.train.total_tokens=None --config.train.total_steps=50 --config.drope.flip_tokens=None \
+  --config.drope.flip_step=25 --config.optim.warmup_steps=5 --config.drope.recal_warmup_steps=5 \
+  --config.train.global_batch_size=32 --config.log.every_steps=5 --config.checkpoint.every_steps=1000 \
+  "--config.eval.lengths=(1,)" --config.eval.num_sequences=2 > "$OUT/loop.log" 2>&1
+stamp "tpu_run exit status $?"
+cp "$W/metrics.jsonl" "$OUT/loop_metrics.jsonl" 2>/dev/null
+JAX_PLATFORMS=cpu python3 - "$OUT/loop_metrics.jsonl" <<'EOF' | tee -a "$OUT/progress.log"
+import json, statistics, sys
+from drope_jax.run_config import load_module, make_plan
+from drope_jax.train import metrics
+model = make_plan(load_module("configs/0p5b_16b.py").get_config()).model
+with_head = metrics.flops_per_token(model, 1024, lm_head=True) / metrics.flops_per_token(model, 1024)
+rows = [r for r in map(json.loads, open(sys.argv[1])) if "tokens_per_sec" in r]
+for r in rows:
+    mfu = r.get("mfu", float("nan"))
+    print(f"step {r['step']:>3} {r['phase']} loss {r['loss']:.3f} lr {r['lr']:.2e} "
+          f"{r['tokens_per_sec']:,.0f} tokens/s MFU {mfu:.1%} ({mfu * with_head:.1%} with the LM head)")
+# steady intervals: not the first (compilation), not the one holding the flip (save, restart, compilation)
+for phase, steps in (("rope", range(10, 26)), ("nope", range(35, 51))):
+    rates = [r["tokens_per_sec"] for r in rows if r["step"] in steps]
+    if rates:
+        print(f"{phase}: median {statistics.median(rates):,.0f} tokens/s over {len(rates)} intervals of 5 steps")
+flip = [r for r in rows if r["step"] == 30]
+steady = [r["tokens_per_sec"] for r in rows if r["step"] in range(35, 51)]
+if flip and steady:
+    extra = 5 * 32 * 1024 / flip[0]["tokens_per_sec"] - 5 * 32 * 1024 / statistics.median(steady)
+    print(f"the flip's interval (steps 26-30) took {extra:.1f} s more than a steady one")
+EOF
+stamp "done"
