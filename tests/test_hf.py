@@ -436,8 +436,8 @@ def test_export_carries_the_temperature(case, tmp_path):
     cfg, fold, exported_class = TEMPERATURE_CASES[case]
     params = random_params(cfg)
     for s in (2, 4):
-        out = tmp_path / f"out{s}"
         if fold or s == 2:  # one run-time export serves every length
+            out = tmp_path / f"out{s}"
             temperature = hf.export.ExportTemperature(C, TRAIN_LENGTH, s * TRAIN_LENGTH if fold else None)
             hf_cfg = hf.export_params(params, cfg, out, position="nope", temperature=temperature)
             exported = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
@@ -449,6 +449,9 @@ def test_export_carries_the_temperature(case, tmp_path):
         assert_close(got, want, f"{case} at {s}x")
         raw = np.asarray(forward(cfg, NOPE)(params, toks))
         assert np.abs(got - raw).max() / np.abs(raw).max() > 10 * TOL  # the temperature is there to be seen
+        logged = []
+        load.load_hf(out, log=logged.append)
+        assert ("folded in" if fold else "at run time") in logged[0]
     if not fold:  # within the context, no temperature
         toks = tokens(5, length=TRAIN_LENGTH)
         assert_close(hf_logits(exported, toks), np.asarray(forward(cfg, NOPE)(params, toks)), f"{case} at 1x")

@@ -68,6 +68,13 @@ def read_params(hf_dir, source: configs.HFSource, cfg: ModelConfig, abstract: di
         log(f"hf import: {hf_dir} uses RoPE in some layers only (SmolLM3 no_rope_layers); its weights are loaded. "
             "A DroPE recalibration trains them NoPE in every layer; to run the original pattern set "
             "config.positions.nope_every (launch/evaluate.py detects it for hf: checkpoints)")
+    folded = source.config.get("drope_temperature_folded")
+    if folded:
+        log(f"hf import: {hf_dir}'s query weights hold a softmax temperature (beta {folded['beta']:.4f}, folded in "
+            f"by launch/convert_to_hf.py for {folded['length']} tokens): they are not the trained weights")
+    elif source.config.get("temperature_c"):
+        log(f"hf import: {hf_dir} applies a softmax temperature at run time (c={source.config['temperature_c']}); "
+            "the weights are loaded without it (launch/evaluate.py fits its own)")
     log(f"hf import: loaded {len(table)} parameters from {hf_dir} ({source.model_type}, {source.position})")
     return traverse_util.unflatten_dict(loaded, sep="/")
 
