@@ -23,6 +23,16 @@ So the flip lands inside the pretraining decay, accepted explicitly (drope.flip_
 from there to 1e-3, 3.3x above the pretraining peak. configs/0p5b_16b_wsd.py keeps this project's WSD
 recipe, which flips at the pretraining peak, and the measurements behind it.
 
+TPU fit of the whole 1024-sequence batch, FSDP over every chip (launch/aot_compile.py --search_grad_accum,
+2026-12-04, compiled on the 2-core CPU machine against libtpu's topology; docs/performance.md). No 4- or
+8-chip slice takes it in one step; keep the batch and accumulate, --config.train.grad_accum=N:
+  v5p-8 (4 chips):  4, 94.4 of 95 GiB per chip (the NoPE phase's step 91.2; with 8: 58.9)
+  v4-8 (4 chips):  16, 29.5 of 32 GiB
+  v6e-8 (8 chips): 16, 20.2 of 32 GiB (with 8: 38.3, does not fit)
+  v5e-8 (8 chips): 32, 13.4 of 16 GiB
+  v5p-64 (32 chips): 1 (the default), 73.8 of 95 GiB
+With half that grad_accum, XLA refuses to compile the step (or, v6e-8, it needs more than the HBM).
+
 The RoPE run the paper compares with ("RoPE throughout", Table 6) trains the same 16,000-step cosine to the
 end: --config.drope.rope_control=True trains it first, in WORKDIR/rope_control, and branches this run from
 its checkpoint at step 14,000 (the two see the same batches at the same LR up to the flip).
