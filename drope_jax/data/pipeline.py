@@ -124,8 +124,10 @@ class Corpus:
             rows += [doc[stretch * size:(stretch + 1) * size] for doc in long_docs[:num_rows - len(rows)]]
             stretch += 1
         if not rows:
+            fix = " (or set the temperature by hand: launch/evaluate.py --temperature=C)" if part == "tuning" else ""
             raise ConfigError(f"the held-out split's {part} part (pipeline.Corpus.held_out) of {self.path} is too "
-                              f"short for a sequence of {length} tokens; prepare it with a larger --val_fraction")
+                              f"short for a sequence of {length} tokens; prepare it with a larger --val_fraction"
+                              + fix)
         return np.stack(rows).astype(np.int32), documents
 
 

@@ -6,6 +6,7 @@ It runs the evaluation's perplexity pipeline (``perplexity``) with ``config.eval
 from __future__ import annotations
 
 from drope_jax.data import pipeline
+from drope_jax.errors import ConfigError
 from drope_jax.eval import perplexity, temperature
 from drope_jax.model.positions import NOPE
 from drope_jax.run_config import Plan
@@ -44,16 +45,28 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: pipeline.Corpus, mesh, so
     for name, where, step, pos, use_qk in models:
         params = ckpt.restore_params(step, abstract) if where is None else branch.params_at(where, step, spec, mesh)
         add_row(name, params, lambda m, pos=pos: pos, use_qk)
-    above = [m for m in config.eval.lengths if m > 1]
-    if pos == NOPE and above:  # the final model (the loop's last: pos, params) is NoPE: also as the paper evaluates it
-        tuning, documents = pipeline.same_text_rows(corpus, config.data.seq_len, above,
-                                                    max(config.eval.num_sequences // 2, 1), part="tuning")
-        fitted = temperature.fit_on(spec, params, tuning, use_qk_norm=True, rows_per_batch=rows_per_batch,
-                                    tuning_documents=documents)
+    fitted = _fit_temperature(config, spec, params, corpus, rows_per_batch, log) if pos == NOPE else None
+    if fitted is not None:  # the final model (the loop's last: pos, params) is NoPE: also as the paper evaluates it
         results["temperature"] = fitted.to_json(config.eval.lengths)
         add_row(f"{label} + temperature c={fitted.c:.2f}", params, lambda m: temperature.encoding(fitted.c, m), True)
     log("\n".join(rows))
-    if "temperature" in results:
+    if fitted is not None:
         log(f"temperature: every attention logit x (1 + c ln s) at s x the context, c fitted on held-out tuning "
-            f"text ({documents} documents the table does not score)")
+            f"text ({fitted.tuning_documents} documents the table does not score)")
     return results
+
+
+def _fit_temperature(config, spec, params, corpus, rows_per_batch, log) -> temperature.Temperature | None:
+    """The paper's temperature for a NoPE model, fitted on the held-out split's tuning part at the lengths
+    above 1x; None without such lengths or tuning text (the run has trained: the table goes on without it)."""
+    above = [m for m in config.eval.lengths if m > 1]
+    if not above:
+        return None
+    try:
+        tuning, documents = pipeline.same_text_rows(corpus, config.data.seq_len, above,
+                                                    max(config.eval.num_sequences // 2, 1), part="tuning")
+    except ConfigError as e:
+        log(f"no temperature row: {e}")
+        return None
+    return temperature.fit_on(spec, params, tuning, use_qk_norm=True, rows_per_batch=rows_per_batch,
+                              tuning_documents=documents)
