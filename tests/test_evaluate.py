@@ -13,7 +13,7 @@ import pytest
 from drope_jax import sharding
 from drope_jax.data import niah, pipeline
 from drope_jax.errors import ConfigError
-from drope_jax.eval import methods, perplexity, report, suite, temperature
+from drope_jax.eval import final_table, methods, perplexity, report, suite, temperature
 from drope_jax.eval.methods import Run, parse_methods
 from drope_jax.model import loss, state
 from drope_jax.model.config import ModelConfig
@@ -325,3 +325,20 @@ def test_nope_from_scratch_gets_the_same_treatment(runs):
     results = suite.evaluate(Run(runs / "drope"), settings, log=lambda _: None)
     assert set(results["temperature"]) == {f"nope@{nope}"}
     assert results["ppl"][f"nope@{nope}"]["1"] == results["ppl"][f"nope_raw@{nope}"]["1"]
+
+
+def test_the_final_table_goes_on_without_tuning_text(runs, monkeypatch):
+    same_text_rows = pipeline.same_text_rows
+
+    def no_tuning_text(*args, part="report", **kwargs):
+        if part == "tuning":
+            raise ConfigError("the held-out split's tuning part is too short")
+        return same_text_rows(*args, part=part, **kwargs)
+
+    monkeypatch.setattr(pipeline, "same_text_rows", no_tuning_text)
+    run, logged = Run(runs / "drope"), []
+    table = final_table.final_eval(run.config, run.plan, run.spec, run.ckpt, pipeline.open_corpus(run.config.data),
+                                   run.mesh, log=logged.append)
+    assert "temperature" not in table and list(table["perplexity"]) == ["rope (step 4, before the flip)",
+                                                                          "drope (step 8, final)"]
+    assert logged[0] == "no temperature row: the held-out split's tuning part is too short"
