@@ -207,6 +207,8 @@ def _export_temperature(workdir, step: int, phase: str, setting, fold_length, lo
                 "launch/evaluate.py first, or pass --temperature=C); the export has none")
             return None
         c, train_length = fitted
+        if c == 0:
+            log(f"no temperature: the c that launch/evaluate.py fitted for step {step} is 0")
     else:
         c = float(setting)
         if not (workdir / "config.json").is_file():
