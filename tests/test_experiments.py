@@ -90,3 +90,38 @@ def test_round3_gate_and_readings_from_evaluation_results(tmp_path):
     assert found[("3", "2x")] == "holds"  # 0.70 vs YaRN's 0.50
     text = report.write_report(table, settings, tmp_path / "out")
     assert "| DroPE 25% | 3.050 | 3.300 | 3.900 |" in text and (tmp_path / "out" / "round3.png").is_file()
+
+
+ROUND4 = REPO / "experiments" / "round4"
+
+
+def test_round4_staging_takes_every_kind_whole_once_and_groups_a_directory(tmp_path):
+    import gzip
+    import json
+
+    stage = load_module(ROUND4 / "stage_corpus.py")
+    lib, doc = tmp_path / "lib", tmp_path / "doc"
+    files = {lib / "pkg/b.py": "A = 1\n", lib / "pkg/a.pyi": "A: int\n", lib / "pkg/x.h": "int x;\n",
+             lib / "pkg/README.md": "# pkg\n", lib / "pkg/guide.rst": "Guide\n=====\n",
+             lib / "pkg/c_copy.py": "A = 1\n", lib / "pkg/a_big.py": "B = 2\n" * 40, lib / "pkg/blob.bin": "x",
+             lib / "pkg/wide.py": "x" * 6000 + "\n",
+             lib / "pkg.dist-info/METADATA.txt": "meta\n", lib / "cuda/include/k.h": "__device__ int k;\n",
+             lib / "other/notes.txt": "plain words\n"}
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (doc / "tool").mkdir(parents=True)
+    (doc / "tool" / "changelog.Debian.gz").write_bytes(gzip.compress(b"tool (1.0) unstable; urgency=low\n"))
+    report = stage.stage([lib, doc], tmp_path / "out", max_mb=1, doc_mb=100 / 2**20, files=2)
+    records = [json.loads(line) for f in sorted((tmp_path / "out" / "corpus").glob("*.jsonl")) for line in f.open()]
+    python = [r for r in records if r["kind"] == "python"]
+    assert len(python) == 2 and {r["group"] for r in python} == {f"{lib}/pkg"}  # cut past 100 bytes, one group
+    assert "".join(r["text"] for r in python).count("# file: ") == 2  # a_big.py, then b.py; c_copy.py is b.py's bytes
+    assert all(r["text"].count("B = 2") in (0, 40) for r in records)  # files whole
+    assert set(report["kinds"]) == {"python", "python stubs", "c/c++ header", "cuda header", "markdown",
+                                    "restructuredtext", "plain text"}
+    assert report["kinds"]["plain text"]["documents"] == 2  # notes.txt and the gzipped changelog, not dist-info
+    assert report["left_out"] == {"files already staged (the same bytes)": 1,
+                                  "files that look generated (long lines)": 1}
+    capped = stage.stage([lib, doc], tmp_path / "capped", max_mb=50 / 2**20, files=1)
+    assert capped["documents"] == 1 and capped["left_out"]["directories past --max_mb"] == 7
