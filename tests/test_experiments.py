@@ -173,7 +173,7 @@ def test_round4_readings_from_evaluation_results(tmp_path):
     assert list(tables) == ["3.6", "14", "24"] and tables["24"]["DroPE 12.5%"]["c"] == 0.35
     found = {(n, what.split(":")[0]): v for n, what, v in report.readings(tables)}
     assert found[("1", "budget 24")] == "holds"  # +4.0%
-    assert found[("2", "DroPE 12.5% 1x gap to RoPE at 3.6")] == "holds"  # +40% -> +13% -> +4%
+    assert found[("2", "DroPE 12.5% 1x gap to RoPE by tokens per parameter, 3.6")] == "holds"  # +40% -> +13% -> +4%
     assert found[("3", "budget 24, NIAH 2x")] == "fails"  # 0.70 against 0.66 at 576 prompts: the intervals overlap
     verdicts = [v for n, what, v in report.readings(tables) if n == "4"]
     assert verdicts == ["holds", "holds", "holds"]  # against PI 0.00, NTK 0.30, YaRN 0.60

@@ -90,9 +90,9 @@ def readings(tables: dict) -> list[tuple[str, str, str]]:
         if gaps:
             values = [gaps[b] for b in sorted(gaps, key=budget_key)]
             shrinks = all(a > b for a, b in zip(values, values[1:])) if len(values) >= 3 else None
-            out.append(("2" if name == DROPE else "2, beside", f"{name} 1x gap to RoPE at "
-                        + " / ".join(f"{b}: {gaps[b]:+.1%}" for b in sorted(gaps, key=budget_key))
-                        + " tokens per parameter", verdict(shrinks) if name == DROPE else "-"))
+            out.append(("2" if name == DROPE else "2, beside", f"{name} 1x gap to RoPE by tokens per parameter, "
+                        + " / ".join(f"{b}: {gaps[b]:+.1%}" for b in sorted(gaps, key=budget_key)),
+                        verdict(shrinks) if name == DROPE else "-"))
     # 3. DroPE with its temperature beats NoPE with its temperature on NIAH at 2x, beyond the intervals
     # 4. ... and PI, NTK and YaRN (the paper's Table 1); the temperature-off numbers and perplexity beside
     raw = f"{DROPE}, no temperature"
@@ -188,8 +188,8 @@ def main():
     if not tables:
         sys.exit(f"no evaluations under {args.root}/b*/eval")
     sweep_file = root / "b14" / "logs" / "sweep.txt"
-    sweep = "; ".join(" -> ".join(line.split()) for line in sweep_file.read_text().splitlines()) \
-        if sweep_file.is_file() else ""
+    lines = sweep_file.read_text().splitlines() if sweep_file.is_file() else []
+    sweep = "; ".join(f"{ratio}x -> {float(ppl):.3f}" for ratio, ppl in map(str.split, lines))
     print(write_report(tables, settings, pathlib.Path(args.out), sweep))
 
 

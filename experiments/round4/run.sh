@@ -18,7 +18,7 @@
 # Every stage is skipped once its output exists: the same command continues a stopped run. ROUND4_DEADLINE_S
 # ends a call: training stops by SIGTERM (a checkpoint; the next call resumes it) and no evaluation starts that
 # would not end in time (ROUND4_EVAL_S, its expected seconds). Or start it detached and follow it with
-# experiments/round4/poll.sh. A CPU smoke test: ROUND4_STEPS=48 STAGE_MB=2 NIAH_SAMPLES=2 ROUND4_OVERRIDES=...
+# experiments/round4/poll.sh. A CPU smoke test: ROUND4_STEPS=24 STAGE_MB=4 VAL_FRACTION=0.3 NIAH_SAMPLES=2 ROUND4_OVERRIDES=...
 # EVAL_FLAGS=... (tests/test_experiments.py names a tiny set).
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
@@ -71,7 +71,7 @@ if [ ! -f "$ROOT/data/metadata.json" ]; then
   say "staging the corpus"
   python experiments/round4/stage_corpus.py --out="$ROOT/stage" --max_mb=${STAGE_MB:-1200} > "$ROOT/logs/stage.log" 2>&1 &&
   python launch/prepare_data.py --input="$ROOT/stage/corpus/*.jsonl" --format=jsonl --split_field=group \
-    --tokenizer="$ROOT/stage/tokenizer" --out="$ROOT/data" --val_fraction=0.03 > "$ROOT/logs/prepare.log" 2>&1 ||
+    --tokenizer="$ROOT/stage/tokenizer" --out="$ROOT/data" --val_fraction=${VAL_FRACTION:-0.03} > "$ROOT/logs/prepare.log" 2>&1 ||
     { say "FAILED staging"; exit 1; }
   say "staged: $(tail -c 400 "$ROOT/logs/prepare.log" | tr '\r' '\n' | tail -1)"
 fi
