@@ -18,8 +18,13 @@
 # Every stage is skipped once its output exists: the same command continues a stopped run. ROUND4_DEADLINE_S
 # ends a call: training stops by SIGTERM (a checkpoint; the next call resumes it) and no evaluation starts that
 # would not end in time (ROUND4_EVAL_S, its expected seconds). Or start it detached and follow it with
-# experiments/round4/poll.sh. A CPU smoke test: ROUND4_STEPS=24 STAGE_MB=4 VAL_FRACTION=0.3 NIAH_SAMPLES=2 ROUND4_OVERRIDES=...
-# EVAL_FLAGS=... (tests/test_experiments.py names a tiny set).
+# experiments/round4/poll.sh. A CPU smoke test (about 3 minutes on 2 cores; then `... run.sh nope alibi`):
+#   JAX_PLATFORMS=cpu SCIENCE_DIR=/tmp/r4smoke ROUND4_BUDGET=14 ROUND4_STEPS=24 STAGE_MB=4 VAL_FRACTION=0.3 \
+#   NIAH_SAMPLES=2 EVAL_FLAGS="--lengths=1,2 --depths=0,1 --ppl_sequences=2 --temperature_sequences=2" \
+#   ROUND4_OVERRIDES="--config.model.d_model=64 --config.model.num_layers=2 --config.model.num_heads=2 \
+#   --config.model.num_kv_heads=2 --config.model.mlp_dim=128 --config.model.compute_dtype=float32 \
+#   --config.model.scan_unroll=1 --config.data.seq_len=256 --config.train.global_batch_size=8 \
+#   --config.eval.num_sequences=2 --config.eval.batch_size=2" bash experiments/round4/run.sh
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 BUDGET=${ROUND4_BUDGET:?set ROUND4_BUDGET to one of 3.6, 14, 24, 34}
