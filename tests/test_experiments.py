@@ -1,4 +1,4 @@
-"""The science scripts in experiments/drope_small: corpus staging and the report over the committed results."""
+"""The science scripts in experiments/: corpus staging, the configs and the reports (rounds 1 to 4)."""
 
 import pathlib
 import shutil

@@ -19,8 +19,8 @@ running() {
   else ! grep -q "run.sh exited" "$ROOT/progress.log" 2>/dev/null; fi
 }
 while running && [ $SECONDS -lt $end ]; do sleep 5; done
-cd "$ROOT" && tar czf "$OUT/round4.tgz" --ignore-failed-read progress.log logs data/metadata.json \
-  stage/stage_report.json report $(ls -d b*/logs b*/ratio b*/runs/*/metrics.jsonl b*/runs/*/config.json \
+cd "$ROOT" && tar czf "$OUT/round4.tgz" --ignore-failed-read progress.log logs \
+  $(ls -d data/metadata.json stage/stage_report.json report b*/logs b*/ratio b*/runs/*/metrics.jsonl b*/runs/*/config.json \
   b*/runs/*/eval.json b*/eval/*/*.json b*/eval/*/*.md 2>/dev/null)
 cp progress.log "$OUT/progress.log"
 tail -n 40 progress.log
