@@ -69,7 +69,7 @@ evaluate() {  # NAME WORKDIR METHODS: evaluates WORKDIR into eval/NAME unless do
 
 final_ppl() {  # WORKDIR: a tail's held-out 1x perplexity in its run's final table (eval.json)
   python -c "import json, sys; p = json.load(open(sys.argv[1] + '/eval.json'))['perplexity']
-print(next(v['1'] for k, v in p.items() if k.startswith('drope') and 'final' in k))" "$1"
+v = next(v['1'] for k, v in p.items() if k.startswith('drope') and 'final' in k); print(v if v < float('inf') else 'inf')" "$1"
 }
 
 if [ ! -f "$ROOT/data/metadata.json" ]; then
@@ -95,8 +95,10 @@ for arm in $ARMS; do
         : > "$B/sweep.tmp"
         for r in $(python -c "import sys; sys.path.insert(0, 'experiments/round4'); import config
 print(*config.RATIOS)"); do
-          train drope_r12_x$r "$(spec drope_r12 $r)" $BRANCH || exit 0
-          echo "$r $(final_ppl "$B/runs/drope_r12_x$r")" >> "$B/sweep.tmp"
+          if train drope_r12_x$r "$(spec drope_r12 $r)" $BRANCH; then
+            echo "$r $(final_ppl "$B/runs/drope_r12_x$r")" >> "$B/sweep.tmp"
+          elif [ "$(left)" -gt 180 ]; then echo "$r inf" >> "$B/sweep.tmp"  # it failed (diverged): not chosen
+          else exit 0; fi
         done
         sort -k2 -g "$B/sweep.tmp" | tee "$B/logs/sweep.txt" | head -1 | cut -d' ' -f1 > "$B/ratio" && rm "$B/sweep.tmp"
         ratio=$(cat "$B/ratio")
