@@ -40,6 +40,8 @@ _TASKS = flags.DEFINE_list("tasks", ["ppl", "niah"], "ppl and/or niah.")
 _NIAH_TASKS = flags.DEFINE_list("niah_tasks", list(niah.TASKS), "NIAH tasks.")
 _DEPTHS = flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "Needle depths, fractions of the haystack.")
 _SAMPLES = flags.DEFINE_integer("niah_samples", 8, "Prompts per NIAH task x length x depth.")
+_NEEDLES = flags.DEFINE_integer("niah_needles", 4, "(key, value) pairs in every multi-needle task (multikey, "
+                                "multivalue, multiquery); the DroPE paper's protocol uses four.")
 _SEQUENCES = flags.DEFINE_integer("ppl_sequences", 16, "Held-out sequences per length for perplexity.")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Rows per forward pass at the longest length; shorter lengths "
                              "take as many tokens per pass (more rows).")
@@ -81,7 +83,7 @@ def main(argv):
         settings = suite.Settings(
             methods=tuple(parse_methods(_METHODS.value)), lengths=tuple(int(m) for m in _LENGTHS.value),
             tasks=tuple(_TASKS.value), niah_tasks=tuple(_NIAH_TASKS.value),
-            depths=tuple(float(d) for d in _DEPTHS.value), niah_samples=_SAMPLES.value,
+            depths=tuple(float(d) for d in _DEPTHS.value), niah_samples=_SAMPLES.value, niah_needles=_NEEDLES.value,
             ppl_sequences=_SEQUENCES.value, batch_size=_BATCH.value,
             query_chunk=_default_chunk() if _CHUNK.value is None else _CHUNK.value,
             template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value,

@@ -23,6 +23,8 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", "bytes", "'bytes', a tokenizer.jso
 _EOS = flags.DEFINE_string("eos_token", None, "EOS token of a Hugging Face tokenizer, if it cannot be inferred.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 _VAL = flags.DEFINE_float("val_fraction", 0.01, "Fraction of documents held out for validation.")
+_SPLIT_FIELD = flags.DEFINE_string("split_field", "", "JSONL key whose value decides a record's split, so records "
+                                  "sharing it are held out together (default: each line on its own).")
 _WORKERS = flags.DEFINE_integer("num_workers", None, "Parallel processes (default: one per CPU).")
 
 
@@ -31,6 +33,7 @@ def main(argv):
     try:
         meta = prepare.prepare(_INPUT.value, _FORMAT.value, _TOKENIZER.value, _OUT.value, val_fraction=_VAL.value,
                                text_field=_TEXT_FIELD.value, num_workers=_WORKERS.value, eos_token=_EOS.value,
+                               split_field=_SPLIT_FIELD.value,
                                progress=lambda line: print("\r" + line, end="", flush=True))
     except ConfigError as e:
         sys.exit(f"\nerror: {e}")

@@ -132,6 +132,18 @@ def test_jsonl_lines_without_the_text_field_are_skipped_and_counted(tmp_path):
     assert meta["splits"]["train"]["documents"] == 2
 
 
+def test_records_sharing_a_split_field_land_in_one_split(tmp_path):
+    # 40 directories of 5 pieces each: with split_field every directory is held out or trained whole
+    lines = [{"text": f"piece {i} of dir {d}", "dir": f"d{d}"} for d in range(40) for i in range(5)]
+    write(tmp_path / "a.jsonl", "\n".join(json.dumps(x) for x in lines).encode())
+    keys = [key for key, _ in prepare.iter_documents(str(tmp_path / "a.jsonl"), "jsonl", "text", "dir")]
+    assert keys[:6] == ["dir:d0"] * 5 + ["dir:d1"]
+    meta = prepare.prepare(str(tmp_path / "*.jsonl"), "jsonl", "bytes", str(tmp_path / "out"), val_fraction=0.3,
+                           split_field="dir", progress=lambda _: None)
+    assert meta["splits"]["val"]["documents"] % 5 == 0 and 0 < meta["splits"]["val"]["documents"] < 200
+    assert meta["source"]["split_field"] == "dir"
+
+
 @pytest.mark.parametrize("make, fmt, message", [
     (lambda d: None, "text", "matches no files"),
     (lambda d: write(d / "bad.txt", b"caf\xe9 latin-1"), "text", "bad.txt is not UTF-8"),

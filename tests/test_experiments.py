@@ -1,9 +1,11 @@
-"""The science scripts in experiments/drope_small: corpus staging and the report over the committed results."""
+"""The science scripts in experiments/: corpus staging, the configs and the reports (rounds 1 to 4)."""
 
 import pathlib
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 from drope_jax.run_config import load_module
 
@@ -90,3 +92,92 @@ def test_round3_gate_and_readings_from_evaluation_results(tmp_path):
     assert found[("3", "2x")] == "holds"  # 0.70 vs YaRN's 0.50
     text = report.write_report(table, settings, tmp_path / "out")
     assert "| DroPE 25% | 3.050 | 3.300 | 3.900 |" in text and (tmp_path / "out" / "round3.png").is_file()
+
+
+ROUND4 = REPO / "experiments" / "round4"
+
+
+def test_round4_staging_takes_every_kind_whole_once_and_groups_a_directory(tmp_path):
+    import gzip
+    import json
+
+    stage = load_module(ROUND4 / "stage_corpus.py")
+    lib, doc = tmp_path / "lib", tmp_path / "doc"
+    files = {lib / "pkg/b.py": "A = 1\n", lib / "pkg/a.pyi": "A: int\n", lib / "pkg/x.h": "int x;\n",
+             lib / "pkg/README.md": "# pkg\n", lib / "pkg/guide.rst": "Guide\n=====\n",
+             lib / "pkg/c_copy.py": "A = 1\n", lib / "pkg/a_big.py": "B = 2\n" * 40, lib / "pkg/blob.bin": "x",
+             lib / "pkg/wide.py": "x" * 6000 + "\n",
+             lib / "pkg.dist-info/METADATA.txt": "meta\n", lib / "cuda/include/k.h": "__device__ int k;\n",
+             lib / "other/notes.txt": "plain words\n"}
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (doc / "tool").mkdir(parents=True)
+    (doc / "tool" / "changelog.Debian.gz").write_bytes(gzip.compress(b"tool (1.0) unstable; urgency=low\n"))
+    report = stage.stage([lib, doc], tmp_path / "out", max_mb=1, doc_mb=100 / 2**20, files=2)
+    records = [json.loads(line) for f in sorted((tmp_path / "out" / "corpus").glob("*.jsonl")) for line in f.open()]
+    python = [r for r in records if r["kind"] == "python"]
+    assert len(python) == 2 and {r["group"] for r in python} == {f"{lib}/pkg"}  # cut past 100 bytes, one group
+    assert "".join(r["text"] for r in python).count("# file: ") == 2  # a_big.py, then b.py; c_copy.py is b.py's bytes
+    assert all(r["text"].count("B = 2") in (0, 40) for r in records)  # files whole
+    assert set(report["kinds"]) == {"python", "python stubs", "c/c++ header", "cuda header", "markdown",
+                                    "restructuredtext", "plain text"}
+    assert report["kinds"]["plain text"]["documents"] == 2  # notes.txt and the gzipped changelog, not dist-info
+    assert report["left_out"] == {"files already staged (the same bytes)": 1,
+                                  "files that look generated (long lines)": 1}
+    capped = stage.stage([lib, doc], tmp_path / "capped", max_mb=50 / 2**20, files=1)
+    assert capped["documents"] == 1 and capped["left_out"]["directories past --max_mb"] == 7
+
+
+def test_round4_arms_budgets_and_recipe():
+    from drope_jax.run_config import make_plan
+
+    config = load_module(ROUND4 / "config.py")
+    assert {b: round(s * config.TOKENS_PER_STEP / config.PARAMETERS, 1) for b, s in config.BUDGETS.items()} == {
+        "3.6": 3.6, "14": 14.3, "24": 24.0, "34": 34.0}
+    rope, tail = config.get_config("rope,budget=24"), config.get_config("drope_r12,budget=24,ratio=3.3")
+    tail.branch_from = "rope"
+    plan = make_plan(tail)
+    assert (plan.flip_step, plan.recal.peak, plan.recal.schedule, plan.recal.floor) == (14112, 3.3e-3, "cosine", 0)
+    assert rope.checkpoint.keep_steps == (12096, 14112)  # both tails' flips
+    assert (rope.optim.schedule, rope.optim.b2, rope.optim.weight_decay, rope.optim.warmup_steps) == (
+        "cosine", 0.95, 0.1, 524)
+    assert tail.drope.reset_opt_state and make_plan(config.get_config("nope,budget=3.6")).flip_step == 0
+    smoke = make_plan(config.get_config("rnope_swa,budget=14,steps=48"))
+    assert smoke.total_steps == 48 and smoke.pos.window == 256
+    for bad in ("drope_r12,budget=14", "rope,budget=14,ratio=2", "rope,budget=7", "rope,steps"):
+        with pytest.raises(ValueError):
+            config.get_config(bad)
+
+
+def test_round4_readings_from_evaluation_results(tmp_path):
+    import json
+
+    report = load_module(ROUND4 / "report.py")
+    lengths = ("1", "2", "4", "8")
+
+    def arm(budget, folder, **methods):  # methods: name -> (1x ppl, 2x NIAH accuracy, c or None)
+        r = _results({m: dict(zip(lengths, (p, p * 1.1, p * 2, p * 4))) for m, (p, _, _) in methods.items()},
+                     {m: dict(zip(lengths, (0.9, a, a / 2, 0.0))) for m, (_, a, _) in methods.items()})
+        r["lengths"]["8"] = 8192
+        r["temperature"] = {m: {"c": c, "at_bound": False} for m, (_, _, c) in methods.items() if c is not None}
+        (tmp_path / f"b{budget}" / "eval" / folder).mkdir(parents=True)
+        (tmp_path / f"b{budget}" / "eval" / folder / "results.json").write_text(json.dumps(r))
+
+    for budget, drope_ppl in (("3.6", 4.2), ("14", 3.4), ("24", 3.12)):
+        arm(budget, "rope", rope=(3.0, 0.0, None), pi=(3.0, 0.0, None), ntk=(3.0, 0.3, None), yarn=(3.0, 0.6, None))
+        arm(budget, "drope_r12", drope=(drope_ppl, 0.7, 0.35), drope_raw=(drope_ppl, 0.1, None))
+        arm(budget, "drope_r25", drope=(drope_ppl - 0.05, 0.72, 0.3), drope_raw=(drope_ppl - 0.05, 0.1, None))
+    arm("24", "nope", nope=(3.3, 0.66, 0.5), nope_raw=(3.3, 0.0, None))
+    tables, settings = report.load(tmp_path)
+    assert list(tables) == ["3.6", "14", "24"] and tables["24"]["DroPE 12.5%"]["c"] == 0.35
+    found = {(n, what.split(":")[0]): v for n, what, v in report.readings(tables)}
+    assert found[("1", "budget 24")] == "holds"  # +4.0%
+    assert found[("2", "DroPE 12.5% 1x gap to RoPE by tokens per parameter, 3.6")] == "holds"  # +40% -> +13% -> +4%
+    assert found[("3", "budget 24, NIAH 2x")] == "fails"  # 0.70 against 0.66 at 576 prompts: the intervals overlap
+    verdicts = [v for n, what, v in report.readings(tables) if n == "4"]
+    assert verdicts == ["holds", "holds", "holds"]  # against PI 0.00, NTK 0.30, YaRN 0.60
+    assert [v for n, _, v in report.readings(tables) if n == "5"] == ["agrees"]  # 0.35 against 0.412
+    text = report.write_report(tables, settings, tmp_path / "out", sweep="1.0 -> 3.5; 2.0 -> 3.4")
+    assert "| DroPE 12.5%, no temperature | 3.120 |" in text and "c = 0.350" in text
+    assert (tmp_path / "out" / "round4.png").is_file()

@@ -67,6 +67,21 @@ def test_tasks_ask_for_what_they_say():
     assert len(mq.answers) == 4 and mq.ordered
 
 
+@pytest.mark.parametrize("needles", [4, 2, 6])
+def test_every_multi_needle_task_writes_the_configured_pairs_four_by_default(needles):
+    from drope_jax.eval.suite import Settings
+
+    assert Settings(methods=()).niah_needles == 4  # the DroPE paper: four (key, value) pairs in every variant
+    g = gen(seed=2) if needles == 4 else gen(seed=2, num_needles=needles)
+    for task in ("multikey", "multivalue", "multiquery"):
+        s = g.sample(task, 900, 0.5)
+        assert len(s.needle_starts) == needles, task
+        assert len(s.answers) == (1 if task == "multikey" else needles)
+    assert len(g.sample("passkey", 900, 0.5).needle_starts) == 1
+    with pytest.raises(ConfigError, match="niah_needles"):
+        Settings(methods=(), niah_needles=1)
+
+
 def test_scoring_is_exact_match():
     g = gen(seed=0)
     pk = g.sample("passkey", 800, 0.5)

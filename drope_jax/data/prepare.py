@@ -37,8 +37,10 @@ def is_val(doc_key: str, val_fraction: float) -> bool:
     return zlib.crc32(doc_key.encode()) % 1_000_000 < val_fraction * 1_000_000
 
 
-def iter_documents(path: str, fmt: str, text_field: str):
-    """Yields (key, text). JSONL lines without the text field are skipped and counted (key None)."""
+def iter_documents(path: str, fmt: str, text_field: str, split_field: str = ""):
+    """Yields (key, text); the key decides the split. JSONL lines without the text field are skipped and counted
+    (key None). With ``split_field``, a JSONL record's value of that field is its key, so records that share it
+    (the pieces of one directory, say) land in the same split."""
     name = os.path.basename(path)
     if fmt == "text":
         yield name, _read_utf8(path)
@@ -51,7 +53,9 @@ def iter_documents(path: str, fmt: str, text_field: str):
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}:{line_no} is not valid JSON ({e.msg}); fix or remove the line") from None
             text = record.get(text_field) if isinstance(record, dict) else None
-            yield (f"{name}:{line_no}", text) if isinstance(text, str) else (None, None)
+            group = record.get(split_field) if split_field and isinstance(record, dict) else None
+            key = f"{split_field}:{group}" if group is not None else f"{name}:{line_no}"
+            yield (key, text) if isinstance(text, str) else (None, None)
     elif fmt == "parquet":
         try:
             import pyarrow.parquet as pq
@@ -96,12 +100,12 @@ def _init_worker(tokenizer_spec: str, eos_token: str | None) -> None:
 
 def _prepare_shard(job) -> dict:
     """Tokenizes a group of input files into one train and one val shard."""
-    index, paths, fmt, text_field, out, val_fraction = job
+    index, paths, fmt, text_field, out, val_fraction, split_field = job
     tok = _worker_tokenizer
     dtype = token_dtype(tok.vocab_size)
     records = {"train": [], "val": []}
     stats = {"train": {"documents": 0, "tokens": 0}, "val": {"documents": 0, "tokens": 0}, "skipped": 0}
-    for key, text in (doc for path in paths for doc in iter_documents(path, fmt, text_field)):
+    for key, text in (doc for path in paths for doc in iter_documents(path, fmt, text_field, split_field)):
         if key is None:
             stats["skipped"] += 1
             continue
@@ -138,7 +142,7 @@ def _group_by_size(files: list[str], num_groups: int) -> list[list[str]]:
 
 def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction: float = 0.01,
             text_field: str = "text", num_workers: int | None = None, eos_token: str | None = None,
-            progress=print) -> dict:
+            split_field: str = "", progress=print) -> dict:
     """Tokenizes every file matching ``input_glob`` into ``out``; returns the metadata it wrote. Either may be
     a cloud path (gs://): inputs are fetched to a local copy first, and the output is written locally and
     uploaded, metadata.json last, so a dataset without it is incomplete wherever it lies."""
@@ -149,7 +153,7 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
         shutil.rmtree(staging, ignore_errors=True)
         (paths.path(out) / METADATA).unlink(missing_ok=True)
         metadata = prepare(input_glob, fmt, tokenizer, str(staging), val_fraction=val_fraction, text_field=text_field,
-                           num_workers=num_workers, eos_token=eos_token, progress=progress)
+                           num_workers=num_workers, eos_token=eos_token, split_field=split_field, progress=progress)
         files = sorted(f for f in staging.rglob("*") if f.is_file() and f.name != METADATA)
         for f in [*files, staging / METADATA]:
             paths.copy_file(f, paths.path(out) / str(f.relative_to(staging)))
@@ -175,7 +179,7 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
 
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
     groups = _group_by_size(files, min(len(files), max(16 * workers, _total_bytes(files) // SHARD_BYTES)))
-    jobs = [(i, group, fmt, text_field, str(out_dir), val_fraction) for i, group in enumerate(groups)]
+    jobs = [(i, group, fmt, text_field, str(out_dir), val_fraction, split_field) for i, group in enumerate(groups)]
     totals = {"train": {"documents": 0, "tokens": 0, "shards": []}, "val": {"documents": 0, "tokens": 0, "shards": []}}
     skipped, start, last_report = 0, time.time(), 0.0
     ctx = multiprocessing.get_context("spawn")
@@ -204,7 +208,8 @@ def prepare(input_glob: str, fmt: str, tokenizer: str, out: str, *, val_fraction
         "tokenizer": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "bos_id": None,
         "token_dtype": token_dtype(tok.vocab_size).name,
         "splits": totals, "skipped_documents": skipped,
-        "source": {"input": input_glob, "format": fmt, "text_field": text_field, "val_fraction": val_fraction},
+        "source": {"input": input_glob, "format": fmt, "text_field": text_field, "val_fraction": val_fraction,
+                   "split_field": split_field},
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if hasattr(tok, "source_dir"):  # keep the tokenizer beside the data, for export and evaluation

@@ -32,6 +32,7 @@ class Settings:
     niah_tasks: tuple[str, ...] = niah.TASKS
     depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     niah_samples: int = 8  # prompts per task x length x depth
+    niah_needles: int = 4  # (key, value) pairs in multikey, multivalue and multiquery, as the DroPE paper's protocol
     ppl_sequences: int = 16  # rows at the longest length; shorter lengths cover the same text in more rows
     batch_size: int = 4  # rows per forward at the longest length; shorter lengths take more (same tokens)
     query_chunk: int = 256  # attention queries per chunk: memory linear in length, faster on CPU (0: none)
@@ -48,6 +49,8 @@ class Settings:
                               f"--niah_tasks takes {','.join(niah.TASKS)}")
         if not self.lengths or min(self.lengths) < 1:
             raise ConfigError(f"--lengths={self.lengths}: give multiples of the training context, >= 1")
+        if self.niah_needles < 2:
+            raise ConfigError(f"--niah_needles={self.niah_needles}: a multi-needle task needs at least 2")
         if self.temperature_c is not None and self.temperature_c < 0:
             raise ConfigError(f"--temperature={self.temperature_c}: c must be >= 0 (0 turns it off)")
 
@@ -85,7 +88,8 @@ def evaluate(run: Run, settings: Settings, log=print) -> dict:
         tokenizer = corpus.tokenizer()
         template = niah.pick_template(tokenizer, context, settings.template)
         haystack = corpus.haystack("val", 4 * context * max(settings.lengths))
-        generator = niah.Generator(tokenizer, haystack, template=template, values=settings.values, seed=settings.seed)
+        generator = niah.Generator(tokenizer, haystack, template=template, values=settings.values, seed=settings.seed,
+                                     num_needles=settings.niah_needles)
         shortest, needs = min(settings.lengths) * context, max(generator.room_needed(t) for t in settings.niah_tasks)
         if needs >= shortest:
             raise ConfigError(f"NIAH template {template!r} needs {needs} tokens for needles and queries, more than "

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Waits for a detached experiments/round4/run.sh, at most SECONDS, then packs what it has into $OUT.
+# For a device machine whose calls are capped in length: the first call starts run.sh under setsid, its pid in
+# $ROOT/launcher.pid, and each call (this script) waits and brings back a snapshot ($OUT/round4.tgz,
+# $OUT/progress.log); the next call follows within the machine's warm window, and the run goes on between calls.
+#
+#   mkdir -p /tmp/round4; ROUND4_BUDGET=14 setsid bash experiments/round4/run.sh > /tmp/round4/run.log 2>&1 &
+#   echo $! > /tmp/round4/launcher.pid; bash experiments/round4/poll.sh 540      # the first call
+#   bash experiments/round4/poll.sh 560                                            # the next ones
+#
+# It waits for the launcher's pid to end (several run.sh in a row under one setsid bash -c '...' included), or,
+# without a pid file, for run.sh's last line ("run.sh exited").
+set -u
+ROOT=${SCIENCE_DIR:-/tmp/round4}
+OUT=${OUT:?set OUT to the folder to copy into}
+end=$((SECONDS + ${1:-560}))
+running() {
+  if [ -f "$ROOT/launcher.pid" ]; then kill -0 "$(cat "$ROOT/launcher.pid")" 2>/dev/null
+  else ! grep -q "run.sh exited" "$ROOT/progress.log" 2>/dev/null; fi
+}
+while running && [ $SECONDS -lt $end ]; do sleep 5; done
+cd "$ROOT" && tar czf "$OUT/round4.tgz" --ignore-failed-read progress.log logs \
+  $(ls -d data/metadata.json stage/stage_report.json report b*/logs b*/ratio b*/runs/*/metrics.jsonl b*/runs/*/config.json \
+  b*/runs/*/eval.json b*/eval/*/*.json b*/eval/*/*.md 2>/dev/null)
+cp progress.log "$OUT/progress.log"
+tail -n 40 progress.log
