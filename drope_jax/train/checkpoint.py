@@ -175,15 +175,15 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, data_iterator=None):
         """The train state placed like ``abstract_state`` (ShapeDtypeStructs with shardings); with
         ``data_iterator``, also moves it to where it was at ``step``. Everything read is verified."""
-        state = self._restore_verified(step, abstract_state)
+        meta, record = self._read_meta(step)
+        state = self._restore_verified(step, abstract_state, record)
         if data_iterator is not None:
-            self.restore_data(step, data_iterator)
+            self._restore_data(step, data_iterator, meta, record)
         return state
 
-    def _restore_verified(self, step: int, abstract, partial: bool = False):
+    def _restore_verified(self, step: int, abstract, record: dict | None, partial: bool = False):
         """The arrays of ``abstract`` from checkpoint ``step``, read in the dtypes they were saved in, checked
-        against their fingerprints, then cast to ``abstract``'s dtypes."""
-        record = self._read_meta(step)[1]
+        against their fingerprints in ``record`` (None: unverified), then cast to ``abstract``'s dtypes."""
         saved = abstract if record is None else _in_saved_dtypes(abstract, record["arrays"])
         state = self.manager.restore(step, args=ocp.args.Composite(state=_restore_args(saved, partial)))["state"]
         if record is not None:
@@ -197,7 +197,9 @@ class Checkpointer:
         """Moves ``data_iterator`` to where it was at checkpoint ``step``, also when another number of
         processes wrote it: each process saved the states of its own rows of the global batch, so together
         they are every row's, and this process takes its rows' states."""
-        meta, record = self._read_meta(step)
+        self._restore_data(step, data_iterator, *self._read_meta(step))
+
+    def _restore_data(self, step: int, data_iterator, meta: dict, record: dict | None) -> None:
         written_by = meta.get("process_count", 1)
         files = [self.directory / str(step) / "data" / name for name in _data_files(written_by)]
         differ = [] if record is None else _differing_files(files, record["data"])
@@ -215,7 +217,8 @@ class Checkpointer:
 
     def restore_params(self, step: int, abstract_params):
         """Parameters only, from a checkpoint whose optimizer state may have another structure; verified."""
-        return self._restore_verified(step, {"params": abstract_params}, partial=True)["params"]
+        record = self._read_meta(step)[1]
+        return self._restore_verified(step, {"params": abstract_params}, record, partial=True)["params"]
 
     def wait(self) -> None:
         """Waits for the save in flight; raises ``NotSaved`` if it failed."""
