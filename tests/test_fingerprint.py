@@ -79,9 +79,10 @@ def tree(scale=1.0):
             "opt_state": {"mu": sample(jnp.float32, (8, 16)) * 0.5}, "step": jnp.int32(7)}
 
 
-def abstract_on(mesh, spec, t, dtype=None):
+def abstract_on(on, spec, t, dtype=None):
+    """``t``'s ShapeDtypeStructs placed on mesh ``on`` by ``spec`` (scalars replicated), in ``dtype`` if given."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype if dtype and x.ndim else x.dtype,
-                                                       sharding=NamedSharding(mesh, spec if x.ndim else P())), t)
+                                                       sharding=NamedSharding(on, spec if x.ndim else P())), t)
 
 
 def test_a_checkpoint_restores_verified_onto_another_mesh_and_dtype(tmp_path):
