@@ -21,6 +21,9 @@ from drope_jax.model.state import count_params, init_params
 from drope_jax.train import branch, checkpoint, metrics, optim, preemption, resume
 from drope_jax.train.setup import Setup, make_setup
 
+# Non-finite values this soon after a resume make the checkpoint resumed from a suspect.
+SUSPECT_WITHIN_STEPS = 10
+
 
 class TrainingStopped(RuntimeError):
     """Training stopped on purpose, e.g. on repeated non-finite losses; the last good checkpoint is kept."""
@@ -75,6 +78,7 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
     log(f"model: {count_params(setup.spec.abstract_params):,} parameters; mesh {dict(mesh.shape)}; "
         f"{plan.describe()}")
 
+    resumed_from = None  # the checkpoint this launch continues, if any
     with jax.set_mesh(mesh):
         if start_step is None and source is not None:
             state = branch.start_state(config, plan, source, setup.fresh_state,
@@ -92,11 +96,13 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
         else:
             start_step, state = resume.restore(ckpt, start_step, setup.abstract_state(), data_iter, plan=plan,
                                                workdir=workdir, fallback=fallback, log=log)
+            resumed_from = ckpt.directory / str(start_step)
             log(f"resumed from {ckpt.directory} at step {start_step} (next phase: {plan.phase(start_step)})")
 
         with preemption.Watch(ckpt) as preempt:
             end_step = train_loop(setup, state, data_iter, ckpt, start_step, workdir,
-                                  perplexity.InTrainingEval(config, plan, setup.spec, corpus), preempt)
+                                  perplexity.InTrainingEval(config, plan, setup.spec, corpus), preempt,
+                                  resumed_from=resumed_from)
             ckpt.wait()
         if end_step < plan.total_steps:
             why = "preempted by SIGTERM" if preempt.stopped_at is not None else "config.train.stop_at_step"
@@ -113,7 +119,8 @@ def run(config, workdir, *, evaluate: bool = True) -> dict:
     return result
 
 
-def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evaluator=None, preempt=None):
+def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evaluator=None, preempt=None,
+               resumed_from=None):
     config, plan, mesh = setup.config, setup.plan, setup.mesh
     compiled = {}
 
@@ -138,7 +145,7 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
             raise TrainingStopped(f"step {step + 1}: non-finite {culprit}; {consecutive_faults} step(s) in a row "
                                   f"were skipped (config.train.nonfinite={config.train.nonfinite!r}, "
                                   f"max_consecutive_nonfinite={config.train.max_consecutive_nonfinite}); "
-                                  f"the last good checkpoint in {ckpt.directory} is kept")
+                                  + suspect_or_kept(step + 2 - consecutive_faults))
         now = time.time()
         interval_steps += 1
         if (step + 1) % config.log.every_steps and step + 1 != plan.total_steps:
@@ -156,6 +163,15 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
             f"{tokens_per_sec / 1e3:,.1f}k tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'} | "
             f"ETA {metrics.format_duration(eta)}")
         interval_start, interval_steps = now, 0
+
+    def suspect_or_kept(first_faulty_step):
+        """The end of the message of a run stopped on non-finite values from ``first_faulty_step`` (as logged)."""
+        if resumed_from is None or first_faulty_step - start_step > SUSPECT_WITHIN_STEPS:
+            return f"the last good checkpoint in {ckpt.directory} is kept"
+        return (f"the faults began {first_faulty_step - start_step} step(s) after this run resumed from "
+                f"{resumed_from}, so suspect that checkpoint (damaged in a way its fingerprints cannot show, or "
+                f"written before they existed): move it aside (mv {resumed_from} {resumed_from}.suspect), with any "
+                "checkpoint saved since, and relaunch to resume from the one before it")
 
     def save(step):
         meta = {"step": step, "phase": plan.phase(step - 1) if step else "rope", "flip_step": plan.flip_step,

@@ -1,8 +1,9 @@
 """Which checkpoint a relaunch resumes from, and restoring it.
 
 The newest complete checkpoint, if it fits the config. One that cannot be read (a truncated
-file, say) stops the run with its name; only with ``config.checkpoint.fallback_on_corrupt`` is it
-renamed aside (kept, not deleted) and the next older complete one used instead.
+file, say), or whose contents differ from the fingerprints saved with it (flipped bytes), stops the run
+with its name; only with ``config.checkpoint.fallback_on_corrupt`` is it renamed aside (kept, not
+deleted) and the next older complete one used instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from drope_jax.errors import ConfigError
 from drope_jax.run_config import Plan
+from drope_jax.train import fingerprint
 from drope_jax.train.checkpoint import Checkpointer, check_same_model
 
 
@@ -61,7 +63,8 @@ def _unreadable(ckpt: Checkpointer, step: int, error: Exception, fallback: bool,
         error = error.__cause__ or error.__context__
     first_line = (str(error).strip().splitlines() or [""])[0][:400]
     older = [s for s in ckpt.all_steps() if s < step]
-    what = f"checkpoint {ckpt.directory / str(step)} cannot be read ({type(error).__name__}: {first_line})"
+    what = first_line if isinstance(error, fingerprint.Mismatch) else \
+        f"checkpoint {ckpt.directory / str(step)} cannot be read ({type(error).__name__}: {first_line})"
     if not fallback or not older:
         hint = (f"set --config.checkpoint.fallback_on_corrupt=true to resume from step {max(older)}" if older
                 else "no older complete checkpoint exists; use a new --workdir to start afresh")

@@ -10,9 +10,9 @@ import harness
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-    """The tiny run, uninterrupted, in this process on 8 devices (fsdp=8)."""
+    """The tiny run, uninterrupted, in this process on 8 devices (fsdp=8); it keeps all its checkpoints."""
     workdir = tmp_path_factory.mktemp("reference")
-    loop.run(harness.config(), workdir)
+    loop.run(harness.config(checkpoint=dict(keep=6)), workdir)
     return harness.Reference(workdir, harness.losses(workdir))
 
 

@@ -163,7 +163,7 @@ def assert_losses_equal(workdir, reference: dict[int, float], rtol: float = 0.0)
 
 
 class Reference:
-    """An uninterrupted run: its workdir (checkpoints 8, 10 and 12 among them) and its loss per step."""
+    """An uninterrupted run: its workdir (checkpoints 2, 4, ..., 12) and its loss per step."""
 
     def __init__(self, workdir, losses: dict[int, float]):
         self.workdir = pathlib.Path(workdir)

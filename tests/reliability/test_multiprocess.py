@@ -1,5 +1,5 @@
-"""Two processes of 4 CPU devices each (jax.distributed over gloo): killed, resumed, preempted and continued
-by one process, with the losses of one process on 8 devices."""
+"""Two processes of 4 CPU devices each (jax.distributed over gloo): killed, resumed past a damaged checkpoint,
+preempted and continued by one process, with the losses of one process on 8 devices."""
 
 import json
 import re
@@ -10,23 +10,29 @@ import sys
 import pytest
 
 import harness
+from damage import damage_silently
 
 
-def launch_pair(launch, workdir):
-    return [launch(workdir, devices=4, env=env) for env in harness.pair_envs()]
+def launch_pair(launch, workdir, *overrides):
+    return [launch(workdir, *overrides, devices=4, env=env) for env in harness.pair_envs()]
 
 
-def test_two_processes_survive_a_kill_agree_on_preemption_and_match_one_process(tmp_path, launch, reference):
-    # SIGKILL takes the whole job down mid-run, after its first checkpoint.
+def test_two_processes_survive_a_kill_and_damage_agree_on_preemption_and_match_one_process(tmp_path, launch,
+                                                                                          reference):
+    # SIGKILL takes the whole job down mid-run, after its first two checkpoints; then bytes of the newest
+    # flip on disk, where Orbax would read them without complaint.
     first, second = launch_pair(launch, tmp_path)
-    assert first.wait_for(harness.step_line(4)), first.output()
+    assert first.wait_for(harness.step_line(6)), first.output()
     for run in (first, second):
         run.signal(signal.SIGKILL)
-    newest = harness.complete_steps(tmp_path)[-1]
+    *_, newest, damaged = harness.complete_steps(tmp_path)
+    damage_silently(tmp_path / "checkpoints" / str(damaged), "params/", tmp_path / "trials")
 
-    # Both resume there. Then SIGTERM reaches one process only: both stop before the same step, save it
-    # together and exit 0.
-    first, second = launch_pair(launch, tmp_path)
+    # Both find the damage and resume from the checkpoint before it (the fallback). Then SIGTERM reaches one
+    # process only: both stop before the same step, save it together and exit 0.
+    first, second = launch_pair(launch, tmp_path, "--config.checkpoint.fallback_on_corrupt=true")
+    assert first.wait_for(rf"checkpoint .*/{damaged} does not match the fingerprints .* falling back to step "
+                          rf"{newest}$"), first.output()
     assert first.wait_for(r"resumed from .* at step (\d+)").group(1) == str(newest), first.output()
     assert first.wait_for(harness.step_line(newest + 2)), first.output()
     second.signal(signal.SIGTERM)

@@ -37,7 +37,16 @@ def test_a_faulty_step_is_skipped_and_a_nonfinite_state_is_never_saved(tmp_path)
     (dict(faults=FAULTS, train=dict(nonfinite="stop")), r"step 3: non-finite loss nan; 1 step\(s\)"),
 ], ids=["3-consecutive-grad-faults", "policy-stop"])
 def test_repeated_faults_stop_the_run_naming_step_and_quantity(tmp_path, sections, message):
-    with pytest.raises(loop.TrainingStopped, match=message):
+    with pytest.raises(loop.TrainingStopped, match=message) as stopped:
         loop.run(harness.config(**sections), tmp_path)
+    assert "suspect" not in str(stopped.value)  # a fresh start resumed from no checkpoint
     step, state = newest_state(tmp_path)
     assert step <= 4 and not checkpoint.nonfinite_leaves(state)
+
+
+def test_faults_right_after_a_resume_name_its_checkpoint_as_a_suspect(tmp_path, reference):
+    workdir = reference.checkpoint_copy(tmp_path, 2)
+    suspect = rf"step 3: non-finite loss nan; .* the faults began 1 step\(s\) after this run resumed from " \
+              rf"{workdir}/checkpoints/2, so suspect that checkpoint .* \(mv .*/2 .*/2\.suspect\)"
+    with pytest.raises(loop.TrainingStopped, match=suspect):
+        loop.run(harness.config(faults=FAULTS, train=dict(nonfinite="stop")), workdir)
