@@ -31,8 +31,9 @@ def test_a_run_with_its_rope_control_branches_from_it_and_equals_an_unbranched_r
         assert branched[s]["phase"] == "nope"
         np.testing.assert_allclose(branched[s]["loss"], straight[s]["loss"], rtol=1e-5, err_msg=f"step {s}")
         np.testing.assert_allclose(branched[s]["lr"], straight[s]["lr"], rtol=1e-6)
+    tempered = f"drope + temperature c={result['temperature']['c']:.2f}"
     assert list(result["perplexity"]) == ["rope (step 8, before the flip)", "rope control (step 12, final)",
-                                          "drope (step 12, final)"]
+                                          "drope (step 12, final)", tempered]
     assert json.loads((tmp_path / "drope" / "config.json").read_text())["plan"]["flip"]["branched_from"] == str(control)
     # launch/evaluate.py's RoPE baselines are the annealed control, not the un-annealed weights at the flip
     settings = suite.Settings(methods=tuple(parse_methods("drope,rope,yarn")), lengths=(1,), niah_tasks=(),

@@ -69,7 +69,10 @@ def test_prepare_train_resume_evaluate_export_and_import_on_gcs(gcs, tmp_path):
     assert (epath.Path("gs://bucket/run/eval") / "ppl_vs_length.png").stat().length > 1000
 
     launch("convert_to_hf.py", "--workdir=gs://bucket/run", "--out=gs://bucket/hf", cwd=tmp_path)
-    assert json.loads(epath.Path("gs://bucket/hf/config.json").read_text())["architectures"] == ["SmolLM3ForCausalLM"]
+    exported = json.loads(epath.Path("gs://bucket/hf/config.json").read_text())
+    c = results["temperature"]["drope"]["c"]  # the export carries the fitted temperature, read from the bucket
+    assert exported["architectures"] == ["DroPELlamaForCausalLM" if c else "SmolLM3ForCausalLM"]
+    assert exported.get("temperature_c", 0.0) == c
     launch("import_hf.py", "--hf_dir=gs://bucket/hf", "--workdir=gs://bucket/imported", cwd=tmp_path)
     assert epath.Path("gs://bucket/imported/checkpoints/0").is_dir()
 

@@ -49,8 +49,10 @@ def test_flip_happens_at_the_configured_step_and_loss_falls(tmp_path):
     assert np.mean([m[s]["loss"] for s in (14, 15, 16)]) < m[1]["loss"] - 0.5
     # The last RoPE-phase checkpoint survives keep=1; the final eval covers it and the final model.
     assert {16, 24} <= set(checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps())
-    assert len(result["perplexity"]) == 2 and all(np.isfinite(v) for r in result["perplexity"].values()
-                                                   for v in r.values())
+    c = result["temperature"]["c"]  # and the final model again with its fitted temperature
+    assert list(result["perplexity"]) == ["rope (step 16, before the flip)", "drope (step 24, final)",
+                                          f"drope + temperature c={c:.2f}"]
+    assert all(np.isfinite(v) for r in result["perplexity"].values() for v in r.values())
     assert json.loads((tmp_path / "eval.json").read_text()) == result
 
 
