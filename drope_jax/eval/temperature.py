@@ -22,7 +22,6 @@ from drope_jax.model.positions import NOPE, PosEncoding, temperature_beta
 C_MAX = 1.5  # the paper's fits were 0.103 and 0.412; beta(8) = 4.1 at C_MAX
 C_TOLERANCE = 0.01  # the search stops once c is bracketed this tightly
 GOLDEN = (math.sqrt(5) - 1) / 2
-NAMED_C = {"0.412": "the paper's from-scratch 0.5B model", "0.103": "its SmolLM-360M-DroPE"}
 
 
 def encoding(c: float, factor: float, base: PosEncoding = NOPE) -> PosEncoding:
@@ -48,12 +47,6 @@ class Temperature:
     def at_bound(self) -> bool:
         """A fit that ended at the top of the search range: the best c may lie beyond it."""
         return self.how == "fitted" and self.c >= C_MAX - C_TOLERANCE
-
-    def describe(self) -> str:
-        if self.how == "off":
-            return "no temperature"
-        what = {"fitted": "fitted on held-out tuning perplexity", "set": "set by hand"}[self.how]
-        return f"temperature c={self.c:.3f} ({what})"
 
     def to_json(self, lengths) -> dict:
         return {"c": self.c, "how": self.how, "at_bound": self.at_bound,
