@@ -438,7 +438,7 @@ def test_export_carries_the_temperature(case, tmp_path):
     for s in (2, 4):
         if fold or s == 2:  # one run-time export serves every length
             out = tmp_path / f"out{s}"
-            temperature = hf.export.ExportTemperature(C, TRAIN_LENGTH, s * TRAIN_LENGTH if fold else None)
+            temperature = hf.temperature.ExportTemperature(C, TRAIN_LENGTH, s * TRAIN_LENGTH if fold else None)
             hf_cfg = hf.export_params(params, cfg, out, position="nope", temperature=temperature)
             exported = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
             assert type(exported).__name__ == exported_class
@@ -487,4 +487,4 @@ def test_convert_takes_the_fitted_temperature_of_the_exported_step(tmp_path):
     write_workdir(tmp_path / "rope", BASE, params, phase="rope", step=7)
     with pytest.raises(ConfigError, match="applies to NoPE"):
         hf.export_params(params, BASE, tmp_path / "bad", position="rope",
-                         temperature=hf.export.ExportTemperature(C, TRAIN_LENGTH))
+                         temperature=hf.temperature.ExportTemperature(C, TRAIN_LENGTH))

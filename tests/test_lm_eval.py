@@ -53,7 +53,7 @@ EXPORTS = {
     # the quickstart's kind: a byte-level model (257 tokens, no tokenizer given), its temperature folded in
     "bytes-nope-temperature": ("nope", False, "SmolLM3ForCausalLM", False),
 }
-BYTE_TEMPERATURE = hf.export.ExportTemperature(c=0.4, train_length=8, fold_length=32)
+BYTE_TEMPERATURE = hf.temperature.ExportTemperature(c=0.4, train_length=8, fold_length=32)
 
 
 def write_tokenizer(path):

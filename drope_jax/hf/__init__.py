@@ -3,7 +3,8 @@
 - ``configs``: config.json <-> ModelConfig, and which architecture an export becomes;
 - ``weights``: the one table of Flax parameter <-> HF tensor, safetensors reading;
 - ``load``: ``init_from="hf:DIR"`` and HF directory -> Orbax workdir;
-- ``export``: Orbax checkpoint or parameters -> HF directory;
+- ``export``: Orbax checkpoint or parameters -> HF directory; ``byte_tokenizer`` and ``temperature``: the
+  byte-level tokenizer and the softmax temperature it carries;
 - ``modeling_drope.py``: the transformers modelling file shipped in exports that need ``trust_remote_code``.
 
 Nothing here imports torch or transformers.

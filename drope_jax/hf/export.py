@@ -5,7 +5,7 @@ SmolLM3ForCausalLM with every layer NoPE. QK-norm models, and NoPE models with b
 architecture: they get the official DroPE format (llama_drope / qwen2_drope) and our modelling file,
 loaded with ``trust_remote_code=True``.
 
-A NoPE model can carry the DroPE paper's softmax temperature past the context (``ExportTemperature``):
+A NoPE model can carry the DroPE paper's softmax temperature past the context (``hf/temperature.py``):
 folded into its queries for one length (any format, stock included), or applied at run time from the
 input's length by our modelling file (the DroPE format). An export always carries a tokenizer when the run's
 is known: a Hugging Face source's, the training corpus's, or the byte-level one (``byte_tokenizer``).
@@ -13,7 +13,6 @@ is known: a Hugging Face source's, the training corpus's, or the byte-level one 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -25,8 +24,8 @@ from flax import traverse_util
 from drope_jax import paths, sharding
 from drope_jax.data import pipeline
 from drope_jax.hf import byte_tokenizer, configs, load, weights
+from drope_jax.hf import temperature as hf_temperature
 from drope_jax.model.config import ModelConfig
-from drope_jax.model.positions import temperature_beta
 from drope_jax.model.state import model_spec
 from drope_jax.run_config import load_run_config, qk_norm_applies
 from drope_jax.train import checkpoint
@@ -35,32 +34,6 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 MAX_SHARD_BYTES = 5 * 2**30
 BYTE_VOCAB, BYTE_EOS = 257, 256  # the byte-level tokenizer: bytes 0-255, then EOS
 MODELING_FILE = pathlib.Path(__file__).with_name(f"{configs.REMOTE_CODE_MODULE}.py")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportTemperature:
-    """Every attention logit times beta = 1 + c ln(s) at s x ``train_length`` tokens (s > 1). With
-    ``fold_length`` the beta of that length is folded into the queries' weights: exact at that length, and a
-    stock architecture keeps it; without, our modelling file computes beta from each input's length."""
-
-    c: float
-    train_length: int
-    fold_length: int | None = None
-
-    @property
-    def folded_beta(self) -> float:
-        return temperature_beta(self.c, self.fold_length / self.train_length)
-
-
-def fold_temperature(params: dict, beta: float, *, into_qk_norm: bool) -> dict:
-    """``params`` whose queries come out ``beta`` times larger, so every attention logit is: the q projection
-    (and its bias) scaled, or with QK-norm, which acts after the projection, the q norm's weight."""
-    attn = dict(params["blocks"]["attn"])
-    if into_qk_norm:
-        attn["q_norm"] = {"weight": attn["q_norm"]["weight"] * beta}
-    else:
-        attn.update({k: attn[k] * beta for k in ("q_DNH", "q_bias_NH") if k in attn})
-    return {**params, "blocks": {**params["blocks"], "attn": attn}}
 
 
 def _shards(table, cfg: ModelConfig, itemsize: int, max_bytes: int) -> list[list[weights.Rule]]:
@@ -96,14 +69,15 @@ def write_weights(out, flat_params: dict, table, cfg: ModelConfig, dtype: str,
 
 def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm_active: bool = True,
                   dtype: str = "float32", source_dir=None, token_ids: dict | None = None,
-                  temperature: ExportTemperature | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+                  temperature: hf_temperature.ExportTemperature | None = None,
+                  max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
     """Writes ``params`` as a Hugging Face checkpoint in ``out``; returns its config.json.
 
     ``position``: "rope" or "nope", the mode the weights were trained for. ``qk_norm_active=False`` drops
     QK-norm weights the model has but did not use (a run that switches QK-norm on at the flip).
     ``source_dir``: a Hugging Face directory (or a tokenizer's) whose tokenizer files the export carries, and
     its token ids unless ``token_ids`` gives them. A byte-level model (257 tokens) without either gets the
-    byte-level tokenizer. ``temperature``: see ``ExportTemperature`` (NoPE models only).
+    byte-level tokenizer. ``temperature``: see ``hf.temperature.ExportTemperature`` (NoPE models only).
     """
     if dtype not in DTYPES:
         raise configs.HFFormatError(f"--dtype={dtype!r}; choose one of {sorted(DTYPES)}")
@@ -125,7 +99,7 @@ def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm
                                max_position_embeddings=max_pos, runtime_temperature=runtime)
     qk_norm_exported = hf_cfg.get("attention_type", "").startswith("qk_norm")
     if folded:
-        params = fold_temperature(params, temperature.folded_beta, into_qk_norm=qk_norm_exported)
+        params = hf_temperature.fold(params, temperature.folded_beta, into_qk_norm=qk_norm_exported)
         hf_cfg["drope_temperature_folded"] = {"c": temperature.c, "train_length": temperature.train_length,
                                               "length": temperature.fold_length, "beta": temperature.folded_beta}
     table = weights.rules(cfg, qk_norm=qk_norm_exported)
@@ -158,7 +132,7 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
     use come from the checkpoint's metadata. ``source_dir`` defaults to ``workdir/hf_source`` when an import
     made it, else to the training corpus's tokenizer. ``temperature``: "auto" (the c that launch/evaluate.py
     fitted for this checkpoint, in ``workdir/eval/results.json``, if any), "off", or c; ``temperature_length``
-    folds it in for that many tokens (see ``ExportTemperature``)."""
+    folds it in for that many tokens (see ``hf.temperature.ExportTemperature``)."""
     workdir = paths.path(workdir)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
     steps = ckpt.all_steps()
@@ -166,7 +140,7 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
     if step is None or step not in steps:
         raise configs.HFFormatError(f"{workdir}/checkpoints has no checkpoint at step {step}; it has {steps}")
     meta = ckpt.meta(step)
-    chosen = _export_temperature(workdir, step, meta["phase"], temperature, temperature_length, log)
+    chosen = hf_temperature.choose(workdir, step, meta["phase"], temperature, temperature_length, log)
     cfg = ModelConfig.from_dict(meta["model"])
     params = ckpt.restore_params(step, model_spec(cfg).placed_params(sharding.make_mesh()))
     ckpt.close()
@@ -191,43 +165,6 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
         log(f"temperature c={chosen.c:.3f}: beta = 1 + c ln(length / {chosen.train_length}) from each input's "
             "length, applied by the modelling file (--temperature_length=N folds it into a stock model instead)")
     return hf_cfg
-
-
-def _export_temperature(workdir, step: int, phase: str, setting, fold_length, log) -> ExportTemperature | None:
-    """The temperature an export carries: ``setting`` "off", "auto" or c (see ``export_checkpoint``)."""
-    if setting == "off" or (setting == "auto" and phase != "nope"):
-        if fold_length:
-            raise configs.HFFormatError(f"--temperature_length={fold_length} folds a temperature, but "
-                                        f"--temperature={setting} gives none for this {phase}-phase checkpoint")
-        return None
-    if setting == "auto":
-        fitted = _fitted_temperature(workdir, step)
-        if fitted is None:
-            log(f"no temperature: {workdir}/eval/results.json holds no drope temperature for step {step} (run "
-                "launch/evaluate.py first, or pass --temperature=C); the export has none")
-            return None
-        c, train_length = fitted
-        if c == 0:
-            log(f"no temperature: the c that launch/evaluate.py fitted for step {step} is 0")
-    else:
-        c = float(setting)
-        if not (workdir / "config.json").is_file():
-            raise configs.HFFormatError(f"--temperature={setting} needs the run's training context, from "
-                                        f"{workdir}/config.json, which does not exist")
-        train_length = int(load_run_config(workdir).data.seq_len)
-    return ExportTemperature(c, train_length, fold_length) if c > 0 else None
-
-
-def _fitted_temperature(workdir, step: int) -> tuple[float, int] | None:
-    """(c, training context) of the ``drope`` method in ``workdir/eval/results.json``, if it evaluated ``step``."""
-    path = workdir / "eval" / "results.json"
-    if not path.is_file():
-        return None
-    results = json.loads(path.read_text())
-    fitted = results.get("temperature", {}).get("drope")
-    if fitted is None or results["run"].get("step") != step or results["run"].get("init_from"):
-        return None
-    return float(fitted["c"]), int(results["run"]["context"])
 
 
 def _corpus_tokenizer(workdir) -> tuple[object, dict | None]:
