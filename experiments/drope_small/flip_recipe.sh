@@ -38,7 +38,7 @@ wait
 echo "tails trained at ${SECONDS}s"
 for arm in drope drope_qknorm; do
   python launch/evaluate.py --workdir="$ROOT/runs/$arm" --methods=drope,drope_logn --tasks=ppl --lengths=1,2,4,8 \
-    --batch_size=16 > "$ROOT/logs/eval_$arm.log" 2>&1 &
+    --batch_size=16 --temperature=off > "$ROOT/logs/eval_$arm.log" 2>&1 &
 done
 wait
 python - "$ROOT" <<'PY'

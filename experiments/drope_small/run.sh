@@ -40,7 +40,8 @@ for arm in $ARMS; do
   if [ ! -f "$W/eval/results.json" ]; then
     [ "$(left)" -gt 60 ] || break
     timeout -s KILL $(left) python launch/evaluate.py --workdir="$W" --methods=${METHODS[$arm]} --lengths=1,2,4,8 \
-      --tasks=ppl,niah --template=${NIAH_TEMPLATE:-code} --niah_samples=${NIAH_SAMPLES:-16} --batch_size=16 2>&1 | tee "$ROOT/logs/eval_$arm.log"
+      --tasks=ppl,niah --template=${NIAH_TEMPLATE:-code} --niah_samples=${NIAH_SAMPLES:-16} --batch_size=16 \
+      --temperature=off 2>&1 | tee "$ROOT/logs/eval_$arm.log"
     [ -f "$W/eval/results.json" ] || break
   fi
 done

@@ -10,6 +10,8 @@
 # 3. Trains the other arms, three processes at a time on the one GPU.
 # 4. Evaluates every arm at 1, 2, 4 and 8x: perplexity on the same held-out text at every length, and
 #    NIAH with 48 prompts per (task, length, depth); then experiments/round3/report.py reads them.
+#    As round 3 ran: no softmax temperature (--temperature=off). Since 2026-12-04 every 4th held-out document
+#    is kept for fitting one (data.Corpus.held_out), so a rerun scores slightly different held-out text.
 # Every stage is skipped once its output exists: the same command continues a stopped run.
 # A smoke test on a CPU: ROUND3_STEPS=48 STAGE_MB=3 STAGE_FLAGS=--doc_mb=0.05 NIAH_SAMPLES=2 ROUND3_GATE=0 SCIENCE_OVERRIDES="--config.model.
 # d_model=64 ..." (a small budget, corpus and model, and no gate).
@@ -43,6 +45,7 @@ evaluate() {  # NAME METHODS: evaluates runs/NAME into eval/NAME unless done; sm
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.18 python launch/evaluate.py --workdir="$ROOT/runs/$name" \
       --out="$ROOT/eval/$name" --methods="$methods" --lengths=1,2,4,8 --tasks=ppl,niah --template=code \
       --niah_samples=${NIAH_SAMPLES:-48} --ppl_sequences=24 --batch_size=$batch --query_chunk=2048 \
+      --temperature=off \
       >> "$ROOT/logs/eval_$name.log" 2>&1 && say "evaluated $name" || say "FAILED evaluating $name (batch $batch)"
   done
 }
