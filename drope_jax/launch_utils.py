@@ -10,6 +10,7 @@ import jax
 from absl import flags
 
 from drope_jax import paths
+from drope_jax.errors import ConfigError
 
 DEFAULT_COMPILATION_CACHE = str(paths.cache_root() / "jax_compilation_cache")
 
@@ -26,6 +27,16 @@ def use_compilation_cache(path: str) -> None:
     ``path`` is empty); programs that take under a second to compile are not stored."""
     if path and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", path)
+
+
+def word_or_number(flag: str, value: str, words: tuple[str, ...]) -> str | float:
+    """A flag that takes one of ``words`` or a number (``--temperature=fit|off|0.412``, say)."""
+    if value in words:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--{flag}={value!r}: give {', '.join(repr(w) for w in words)} or a number") from None
 
 
 def parse_flags_or_exit(argv):

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 
 from drope_jax.errors import ConfigError
 from drope_jax.hf import export_checkpoint
-from drope_jax.launch_utils import parse_flags_or_exit
+from drope_jax.launch_utils import parse_flags_or_exit, word_or_number
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (holds checkpoints/).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory for the Hugging Face checkpoint.", required=True)
@@ -38,21 +38,13 @@ _TEMPERATURE_LENGTH = flags.DEFINE_integer("temperature_length", None, "Fold the
                                            "length); default: applied from the input's length at run time.")
 
 
-def _temperature(value: str) -> str | float:
-    if value in ("auto", "off"):
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--temperature={value!r}: give 'auto', 'off' or a number c (e.g. 0.412)") from None
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep Orbax's INFO lines out of the output
     try:
         export_checkpoint(_WORKDIR.value, _OUT.value, step=_STEP.value, dtype=_DTYPE.value,
-                          source_dir=_TOKENIZER.value, temperature=_temperature(_TEMPERATURE.value),
+                          source_dir=_TOKENIZER.value,
+                          temperature=word_or_number("temperature", _TEMPERATURE.value, ("auto", "off")),
                           temperature_length=_TEMPERATURE_LENGTH.value)
     except ConfigError as e:  # HFFormatError included
         sys.exit(f"error: {e}")

@@ -26,7 +26,12 @@ from drope_jax.data import niah
 from drope_jax.errors import ConfigError
 from drope_jax.eval import report, suite
 from drope_jax.eval.methods import Run, parse_methods
-from drope_jax.launch_utils import define_compilation_cache_flag, parse_flags_or_exit, use_compilation_cache
+from drope_jax.launch_utils import (
+    define_compilation_cache_flag,
+    parse_flags_or_exit,
+    use_compilation_cache,
+    word_or_number,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (default: WORKDIR/config.json).")
 _CACHE = define_compilation_cache_flag()
@@ -61,13 +66,10 @@ _TEMPERATURE_SEQUENCES = flags.DEFINE_integer("temperature_sequences", 8, "Tunin
                                               "for --temperature=fit.")
 
 
-def _temperature_c(value: str) -> float | None:
-    if value in ("fit", "off"):
-        return None if value == "fit" else 0.0
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--temperature={value!r}: give 'fit', 'off' or a number c (e.g. 0.412)") from None
+def _temperature_c() -> float | None:
+    """--temperature as ``Settings.temperature_c``: None to fit, 0 for off, else the number."""
+    value = word_or_number("temperature", _TEMPERATURE.value, ("fit", "off"))
+    return {"fit": None, "off": 0.0}.get(value, value)
 
 
 def _default_chunk() -> int:
@@ -87,7 +89,7 @@ def main(argv):
             ppl_sequences=_SEQUENCES.value, batch_size=_BATCH.value,
             query_chunk=_default_chunk() if _CHUNK.value is None else _CHUNK.value,
             template=_TEMPLATE.value, values=_VALUES.value, seed=_SEED.value,
-            temperature_c=_temperature_c(_TEMPERATURE.value), temperature_sequences=_TEMPERATURE_SEQUENCES.value)
+            temperature_c=_temperature_c(), temperature_sequences=_TEMPERATURE_SEQUENCES.value)
         run = Run(_WORKDIR.value, config=_CONFIG.value, step=_STEP.value, init_from=_INIT_FROM.value)
         results = suite.evaluate(run, settings)
         results["command"] = " ".join(["python"] + sys.argv)

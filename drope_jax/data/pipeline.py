@@ -82,8 +82,7 @@ class Corpus:
         if part not in HELD_OUT_PARTS:
             raise ValueError(f"held-out part {part!r}: choose one of {HELD_OUT_PARTS}")
         docs = self.documents("val")
-        tuning = [i % TUNING_EVERY == TUNING_EVERY - 1 for i in range(len(docs))]
-        return (docs[i] for i in range(len(docs)) if tuning[i] == (part == "tuning"))
+        return (docs[i] for i in range(len(docs)) if (i % TUNING_EVERY == TUNING_EVERY - 1) == (part == "tuning"))
 
     def haystack(self, split: str, max_tokens: int) -> np.ndarray:
         """The split's first documents (for "val", its report part), concatenated without their EOS tokens,
@@ -99,8 +98,7 @@ class Corpus:
 
     def eval_rows(self, length: int, num_rows: int, part: str = "report") -> tuple[np.ndarray, int]:
         """Up to ``num_rows`` rows of ``length + 1`` tokens from as many documents of the held-out ``part`` as
-        possible, each
-        row one document's own text where documents are long enough: first the start of every document
+        possible, each row one document's own text where documents are long enough: first the start of every document
         (shorter ones joined together), then, while rows are missing, the next stretch of each long
         document, and so on. Returns int32 [n, length + 1] and how many documents the rows hold."""
         size = length + 1

@@ -59,14 +59,13 @@ def final_eval(config, plan: Plan, spec, ckpt, corpus: pipeline.Corpus, mesh, so
 def _fit_temperature(config, spec, params, corpus, rows_per_batch, log) -> temperature.Temperature | None:
     """The paper's temperature for a NoPE model, fitted on the held-out split's tuning part at the lengths
     above 1x; None without such lengths or tuning text (the run has trained: the table goes on without it)."""
-    above = [m for m in config.eval.lengths if m > 1]
-    if not above:
-        return None
     try:
-        tuning, documents = pipeline.same_text_rows(corpus, config.data.seq_len, above,
-                                                    max(config.eval.num_sequences // 2, 1), part="tuning")
+        tuning, documents = temperature.tuning_rows(corpus, config.data.seq_len, config.eval.lengths,
+                                                    max(config.eval.num_sequences // 2, 1))
     except ConfigError as e:
         log(f"no temperature row: {e}")
+        return None
+    if not tuning:
         return None
     return temperature.fit_on(spec, params, tuning, use_qk_norm=True, rows_per_batch=rows_per_batch,
                               tuning_documents=documents)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from drope_jax import paths
-from drope_jax.data import niah
+from drope_jax.data import niah, pipeline
 
 
 def write(results: dict, out_dir) -> list:
@@ -92,7 +92,7 @@ def _temperature_section(results: dict) -> str:
         "",
         "Every attention logit times beta(s) = 1 + c ln(s) at s x the context (the DroPE paper, Appendix C.2). "
         "A fitted c minimises the mean held-out NLL at the lengths above 1x on the held-out split's tuning part "
-        "(every 4th held-out document), which the scores below never use.",
+        f"(every {pipeline.TUNING_EVERY}th held-out document), which the scores below never use.",
         "",
         _table(["method", "c", "how", "beta", "tuning perplexity without -> with"], rows)])
 

@@ -161,11 +161,10 @@ class Tempering:
 
     def __init__(self, corpus, context: int, settings: Settings, log=print):
         self.c, self.log, self.fitted = settings.temperature_c, log, {}
-        lengths = [m for m in settings.lengths if m > 1]
         self.rows, self.documents = {}, 0
-        if self.c is None and lengths:
-            self.rows, self.documents = pipeline.same_text_rows(corpus, context, lengths,
-                                                                settings.temperature_sequences, part="tuning")
+        if self.c is None:
+            self.rows, self.documents = temperature.tuning_rows(corpus, context, settings.lengths,
+                                                                settings.temperature_sequences)
 
     def of(self, label: str, source: Run, weights, rows_per_batch, chunk) -> temperature.Temperature:
         if self.c is not None or not self.rows:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from drope_jax.data import pipeline
 from drope_jax.eval import perplexity
 from drope_jax.model.positions import NOPE, PosEncoding, temperature_beta
 
@@ -81,10 +82,17 @@ def fit(nll_at: Callable[[float], dict[int, float]], *, tuning_documents: int = 
                        tried=tuple((c, objective(c)) for c in seen), tuning_documents=tuning_documents)
 
 
+def tuning_rows(corpus, context: int, lengths, num_rows: int) -> tuple[dict[int, np.ndarray], int]:
+    """The fit's text: ``num_rows`` rows of the held-out split's tuning part at the longest of ``lengths``, cut
+    for each multiple above 1 (``pipeline.same_text_rows``), and the documents they hold; ({}, 0) when no length
+    is above 1x (there is nothing to fit)."""
+    above = [m for m in lengths if m > 1]
+    return pipeline.same_text_rows(corpus, context, above, num_rows, part="tuning") if above else ({}, 0)
+
+
 def fit_on(spec, params, tuning_rows: dict[int, np.ndarray], *, use_qk_norm: bool, rows_per_batch: dict[int, int],
            query_chunk: int | None = None, mesh=None, tuning_documents: int = 0) -> Temperature:
-    """``fit`` for a NoPE model on ``tuning_rows`` ({multiple above 1: rows}, from
-    ``pipeline.same_text_rows(..., part="tuning")``)."""
+    """``fit`` for a NoPE model on ``tuning_rows`` ({multiple above 1: rows}, from ``tuning_rows``)."""
     def nll_at(c: float) -> dict[int, float]:
         return {m: float(np.mean(perplexity.row_nll(spec, params, rows, encoding(c, m), use_qk_norm=use_qk_norm,
                                                     batch_size=rows_per_batch[m], query_chunk=query_chunk,

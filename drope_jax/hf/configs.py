@@ -173,10 +173,11 @@ REMOTE_CODE_MODULE = "modeling_drope"
 
 
 def hf_config(cfg: ModelConfig, *, position: str, qk_norm_active: bool, dtype: str, ids: dict,
-              max_position_embeddings: int = 2048, runtime_temperature: dict | None = None) -> dict:
+              max_position_embeddings: int = 2048, runtime_temperature: bool = False) -> dict:
     """config.json for an export. Both ``rope_theta`` (transformers 4) and ``rope_parameters`` (5) are written.
-    ``runtime_temperature``: {"temperature_c", "temperature_train_length"}, which our modelling file applies."""
-    model_type, attention_type = export_kind(cfg, position, qk_norm_active, bool(runtime_temperature))
+    ``runtime_temperature``: our modelling file will apply a temperature (``hf.temperature``), so no stock
+    format."""
+    model_type, attention_type = export_kind(cfg, position, qk_norm_active, runtime_temperature)
     n, layers = cfg.num_layers, ["full_attention"] * cfg.num_layers
     c = {
         "architectures": [ARCHITECTURES[model_type]], "model_type": model_type,
@@ -200,5 +201,4 @@ def hf_config(cfg: ModelConfig, *, position: str, qk_norm_active: bool, dtype: s
         c.update(attention_type=attention_type, auto_map={
             "AutoConfig": f"{REMOTE_CODE_MODULE}.{prefix}Config",
             "AutoModelForCausalLM": f"{REMOTE_CODE_MODULE}.{prefix}ForCausalLM"})
-    c.update(runtime_temperature or {})
     return c

@@ -92,16 +92,14 @@ def export_params(params: dict, cfg: ModelConfig, out, *, position: str, qk_norm
         ids = {"eos_token_id": BYTE_EOS, "pad_token_id": BYTE_EOS}  # EOS after every document, no BOS
     max_pos = (configs.read_config_json(source_dir).get("max_position_embeddings", 2048)
                if source_dir and (paths.path(source_dir) / "config.json").is_file() else 2048)
-    folded = temperature is not None and temperature.fold_length
-    runtime = None if temperature is None or folded else {"temperature_c": temperature.c,
-                                                          "temperature_train_length": temperature.train_length}
     hf_cfg = configs.hf_config(cfg, position=position, qk_norm_active=qk_norm_active, dtype=dtype, ids=ids,
-                               max_position_embeddings=max_pos, runtime_temperature=runtime)
+                               max_position_embeddings=max_pos,
+                               runtime_temperature=temperature is not None and not temperature.fold_length)
     qk_norm_exported = hf_cfg.get("attention_type", "").startswith("qk_norm")
-    if folded:
-        params = hf_temperature.fold(params, temperature.folded_beta, into_qk_norm=qk_norm_exported)
-        hf_cfg["drope_temperature_folded"] = {"c": temperature.c, "train_length": temperature.train_length,
-                                              "length": temperature.fold_length, "beta": temperature.folded_beta}
+    if temperature is not None:
+        hf_cfg.update(temperature.config_json())
+        if temperature.fold_length:
+            params = hf_temperature.fold(params, temperature.folded_beta, into_qk_norm=qk_norm_exported)
     table = weights.rules(cfg, qk_norm=qk_norm_exported)
     write_weights(out, traverse_util.flatten_dict(params, sep="/"), table, cfg, dtype, max_shard_bytes)
     (out / "config.json").write_text(json.dumps(hf_cfg, indent=2))
@@ -158,12 +156,8 @@ def export_checkpoint(workdir, out, *, step: int | None = None, dtype: str = "fl
     log(f"exported {workdir} step {step} ({meta['phase']} phase) to {out} as {hf_cfg['architectures'][0]}"
         + (f" (attention_type {hf_cfg['attention_type']}; load with trust_remote_code=True)"
            if "auto_map" in hf_cfg else ""))
-    if chosen is not None and chosen.fold_length:
-        log(f"temperature c={chosen.c:.3f} folded into the queries for {chosen.fold_length} tokens "
-            f"(beta {chosen.folded_beta:.4f}): exact at that length only")
-    elif chosen is not None:
-        log(f"temperature c={chosen.c:.3f}: beta = 1 + c ln(length / {chosen.train_length}) from each input's "
-            "length, applied by the modelling file (--temperature_length=N folds it into a stock model instead)")
+    if chosen is not None:
+        log(chosen.describe())
     return hf_cfg
 
 

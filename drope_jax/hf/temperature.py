@@ -26,6 +26,20 @@ class ExportTemperature:
     def folded_beta(self) -> float:
         return temperature_beta(self.c, self.fold_length / self.train_length)
 
+    def config_json(self) -> dict:
+        """The keys of config.json that carry it: what was folded, or what the modelling file applies."""
+        if self.fold_length:
+            return {"drope_temperature_folded": {"c": self.c, "train_length": self.train_length,
+                                                 "length": self.fold_length, "beta": self.folded_beta}}
+        return {"temperature_c": self.c, "temperature_train_length": self.train_length}
+
+    def describe(self) -> str:
+        if self.fold_length:
+            return (f"temperature c={self.c:.3f} folded into the queries for {self.fold_length} tokens "
+                    f"(beta {self.folded_beta:.4f}): exact at that length only")
+        return (f"temperature c={self.c:.3f}: beta = 1 + c ln(length / {self.train_length}) from each input's "
+                "length, applied by the modelling file (--temperature_length=N folds it into a stock model instead)")
+
 
 def fold(params: dict, beta: float, *, into_qk_norm: bool) -> dict:
     """``params`` whose queries come out ``beta`` times larger, so every attention logit is: the q projection
