@@ -181,3 +181,7 @@ def test_round4_readings_from_evaluation_results(tmp_path):
     text = report.write_report(tables, settings, tmp_path / "out", sweep="1.0 -> 3.5; 2.0 -> 3.4")
     assert "| DroPE 12.5%, no temperature | 3.120 |" in text and "c = 0.350" in text
     assert (tmp_path / "out" / "round4.png").is_file()
+    # before the registered largest budget has run, the readings made there carry no verdict
+    without_24 = {b: t for b, t in tables.items() if b != "24"}
+    early = {n: v for n, _, v in report.readings(without_24) if n in ("1", "3", "4", "5")}
+    assert set(early) == {"1", "4", "5"} and all(v.startswith("interim") for v in early.values())
