@@ -1,11 +1,14 @@
 """Where the GPU time of a traced step goes, from a `jax.profiler.trace` directory.
 
   python launch/benchmark.py --config=configs/0p5b_16b.py ... --profile_dir=/tmp/prof
-  python bench/profile_summary.py /tmp/prof [--steps=3] [--top=40]
+  python bench/profile_summary.py /tmp/prof [--steps=3] [--top=40] [--hlo_dir=/tmp/hlo]
 
 Reads the trace's XSpace with `jax.profiler.ProfileData` (no xprof/tensorboard needed), sums the
 kernel time on each GPU stream, and prints it per step by kind (matmul, attention, XLA fusion,
-copy, collective) and per kernel, the largest first.
+copy, collective) and per kernel, the largest first. With --hlo_dir, the folder of XLA's dump of the
+same run (XLA_FLAGS="--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text"), each XLA fusion also gets its
+shape and the JAX operation it came from (its op_name), so a kernel named loop_add_fusion_23 says
+which line of the model it is.
 """
 
 import argparse
@@ -29,11 +32,23 @@ def kind_of(kernel: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in name for k in keys)), "XLA fusion / other")
 
 
-def summarize(trace_dir: str, steps: int, top: int) -> None:
+def fusion_origins(hlo_dir: str) -> dict[str, str]:
+    """{kernel name as a trace spells it: "SHAPE OP_NAME"} from the largest optimized module in an XLA dump."""
+    dumps = glob.glob(os.path.join(hlo_dir, "*after_optimizations.txt"))
+    if not dumps:
+        raise SystemExit(f"error: no *after_optimizations.txt under {hlo_dir}: run with "
+                         f'XLA_FLAGS="--xla_dump_to={hlo_dir} --xla_dump_hlo_as_text"')
+    text = open(max(dumps, key=os.path.getsize)).read()
+    fusion = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) fusion\(.*?op_name="([^"]*)"', re.MULTILINE)
+    return {re.sub(r"[.\-]", "_", name): f"{shape} {op_name}" for name, shape, op_name in fusion.findall(text)}
+
+
+def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
     paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
     if not paths:
         raise SystemExit(f"error: no *.xplane.pb under {trace_dir}: pass the --profile_dir of launch/benchmark.py")
     data = ProfileData.from_file(paths[-1])
+    origins = fusion_origins(hlo_dir) if hlo_dir else {}
     by_kind, by_kernel, by_family, launches = (collections.Counter() for _ in range(4))
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU:0"):
@@ -60,7 +75,10 @@ def summarize(trace_dir: str, steps: int, top: int) -> None:
     print(f"\ntop {top} kernels (ms per step, launches per step; run with XLA_FLAGS=--xla_gpu_enable_command_buffer= "
           "so that each fusion is its own kernel):")
     for kernel, ms in by_kernel.most_common(top):
+        origin = origins.get(re.sub(r"[.\-]", "_", kernel), "")
         print(f"  {ms:8.2f} ms  x{launches[kernel] / steps:<5.0f} {kernel[:110]}")
+        if origin:
+            print(f"{'':20}{origin[:200]}")
 
 
 def main():
@@ -68,8 +86,9 @@ def main():
     parser.add_argument("trace_dir")
     parser.add_argument("--steps", type=int, default=3, help="steps the trace holds (benchmark.py traces 3)")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--hlo_dir", default="", help="XLA's dump of the traced run (--xla_dump_to): fusions' origins")
     args = parser.parse_args()
-    summarize(args.trace_dir, args.steps, args.top)
+    summarize(args.trace_dir, args.steps, args.top, args.hlo_dir)
 
 
 if __name__ == "__main__":
