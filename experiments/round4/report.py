@@ -118,9 +118,9 @@ def readings(tables: dict) -> list[tuple[str, str, str]]:
                 c = table[name]["c"]
                 flag = " (at the search bound)" if table[name]["at_bound"] else ""
                 headline = name == DROPE and budget == largest
+                agrees = "agrees" if PAPER_C / 2 <= c <= 2 * PAPER_C else "differs"
                 out.append(("5" if headline else "5, beside", f"budget {budget}: {name} fitted c = {c:.3f}{flag} "
-                            f"vs the paper's {PAPER_C}",
-                            at_largest("agrees" if PAPER_C / 2 <= c <= 2 * PAPER_C else "differs") if headline else "-"))
+                            f"vs the paper's {PAPER_C}", at_largest(agrees) if headline else "-"))
     return out
 
 
