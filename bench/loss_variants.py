@@ -1,15 +1,21 @@
-"""The LM head + loss, forward and backward, with the loss's forward written two ways, timed in one process.
+"""The LM head + loss, forward and backward, with the loss written four ways, timed in one process.
 
   python bench/loss_variants.py [--batch=32] [--seq_len=1024] [--d_model=896] [--vocab=151936]
 
-- `token_nll` (drope_jax/model/loss.py): log-sum-exp as a max, then a sum of exponentials, and the target's
-  logit gathered: two or three passes over the [B, T, V] logits;
-- `one_pass`: one variadic reduction carries (running max, sum of exponentials rescaled to it, target logit)
-  along the vocabulary, as online softmax does: one pass over the logits, two exponentials per logit.
+The forward's log-sum-exp, either way followed by gathering the target's logit:
+- `two_pass` (drope_jax/model/loss.py's token_nll): a max, then a sum of exponentials: two passes over the
+  [B, T, V] logits;
+- `one_pass`: one variadic reduction carries (running max, sum of exponentials rescaled to it) along the
+  vocabulary, as online softmax does: one pass, two exponentials per logit.
+The backward's softmax - one_hot:
+- `iota` (token_nll's): one pass that compares every logit's vocabulary index with the target's, an index
+  recovered from the flat position by integer division, per element;
+- `scatter`: the pass writes softmax alone, and the target's entry of each row is set afterwards, to the same
+  value computed in float32 (so the gradient is the same, bit for bit, where XLA computes exp alike).
 
-The backward is the same hand-written one in both. docs/performance.md's profile of the Table 4 step puts
-the forward's two reductions at 6.7 ms of its 52 ms head; this says what one pass saves on the GPU before
-loss.py changes. Both variants' values and gradients are checked against each other first.
+docs/performance.md's profile of the Table 4 step puts the forward's reductions at 6.7 ms and the backward's
+pass at 6.9 ms of its 52 ms head; this says what each change saves on the GPU before loss.py changes. Every
+variant's value and gradients are checked against token_nll's first.
 """
 
 import argparse
@@ -25,32 +31,48 @@ from timing import median_ms
 
 def _one_pass_nll_and_lse(logits_BTV, targets_BT):
     logits = logits_BTV.astype(jnp.float32)
-    is_target = jnp.arange(logits.shape[-1], dtype=targets_BT.dtype) == targets_BT[..., None]
     floor = jnp.finfo(jnp.float32).min  # finite, so that two empty accumulators combine to 0, not NaN
 
     def combine(a, b):
-        (max_a, sum_a, target_a), (max_b, sum_b, target_b) = a, b
+        (max_a, sum_a), (max_b, sum_b) = a, b
         top = jnp.maximum(max_a, max_b)
-        return top, sum_a * jnp.exp(max_a - top) + sum_b * jnp.exp(max_b - top), target_a + target_b
+        return top, sum_a * jnp.exp(max_a - top) + sum_b * jnp.exp(max_b - top)
 
-    top_BT, sum_BT, target_BT = jax.lax.reduce(
-        (logits, jnp.ones_like(logits), jnp.where(is_target, logits, 0.0)),
-        (jnp.float32(floor), jnp.float32(0), jnp.float32(0)), combine, (logits.ndim - 1,))
+    top_BT, sum_BT = jax.lax.reduce((logits, jnp.ones_like(logits)), (jnp.float32(floor), jnp.float32(0)),
+                                    combine, (logits.ndim - 1,))
     lse_BT = top_BT + jnp.log(sum_BT)
-    return lse_BT - target_BT, lse_BT
+    target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
+    return lse_BT - target_logit_BT, lse_BT
 
 
-@jax.custom_vjp
-def one_pass_nll(logits_BTV, targets_BT):
-    return _one_pass_nll_and_lse(logits_BTV, targets_BT)[0]
+def _scatter_bwd(residuals, d_nll_BT):
+    logits_BTV, targets_BT, lse_BT = residuals
+    probs_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - lse_BT[..., None])
+    d_logits_BTV = (probs_BTV * d_nll_BT[..., None]).astype(logits_BTV.dtype)
+    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    d_target_BT = ((jnp.exp(target_logit_BT - lse_BT) - 1) * d_nll_BT).astype(logits_BTV.dtype)
+    b_BT, t_BT = jnp.indices(targets_BT.shape)
+    return d_logits_BTV.at[b_BT, t_BT, targets_BT].set(d_target_BT), None
 
 
-def _one_pass_fwd(logits_BTV, targets_BT):
-    nll_BT, lse_BT = _one_pass_nll_and_lse(logits_BTV, targets_BT)
-    return nll_BT, (logits_BTV, targets_BT, lse_BT)
+def _nll(forward, backward):
+    """A per-token NLL with the given forward (nll, lse) and backward."""
+    @jax.custom_vjp
+    def nll(logits_BTV, targets_BT):
+        return forward(logits_BTV, targets_BT)[0]
+
+    def fwd(logits_BTV, targets_BT):
+        nll_BT, lse_BT = forward(logits_BTV, targets_BT)
+        return nll_BT, (logits_BTV, targets_BT, lse_BT)
+
+    nll.defvjp(fwd, backward)
+    return nll
 
 
-one_pass_nll.defvjp(_one_pass_fwd, loss._token_nll_bwd)
+VARIANTS = {"two_pass + iota (token_nll)": loss.token_nll,
+            "one_pass + iota": _nll(_one_pass_nll_and_lse, loss._token_nll_bwd),
+            "two_pass + scatter": _nll(loss._nll_and_lse, _scatter_bwd),
+            "one_pass + scatter": _nll(_one_pass_nll_and_lse, _scatter_bwd)}
 
 
 def main():
@@ -71,15 +93,18 @@ def main():
             return jnp.mean(nll(logits_BTV, targets_BT))
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
 
-    variants = {"token_nll": head_loss(loss.token_nll), "one_pass": head_loss(one_pass_nll)}
-    (value, grads), (value_1p, grads_1p) = (variants[k](head_DV, x_BTD) for k in variants)
-    np.testing.assert_allclose(value_1p, value, rtol=1e-5)
-    for g, g_1p in zip(grads, grads_1p):
-        np.testing.assert_allclose(np.asarray(g_1p, np.float32), np.asarray(g, np.float32), rtol=2e-2, atol=1e-6)
-    print(f"{jax.devices()[0].device_kind} | batch {args.batch} x seq {args.seq_len} | d {args.d_model} "
-          f"vocab {args.vocab} | loss {float(value):.4f} (both)")
+    variants = {name: head_loss(nll) for name, nll in VARIANTS.items()}
+    value, grads = variants["two_pass + iota (token_nll)"](head_DV, x_BTD)
     for name, fn in variants.items():
-        print(f"  LM head + loss, fwd+bwd, {name:10s} {median_ms(fn, head_DV, x_BTD):8.1f} ms")
+        other_value, other_grads = fn(head_DV, x_BTD)
+        np.testing.assert_allclose(other_value, value, rtol=1e-5, err_msg=name)
+        for g, other in zip(grads, other_grads):
+            np.testing.assert_allclose(np.asarray(other, np.float32), np.asarray(g, np.float32), rtol=2e-2, atol=1e-6,
+                                       err_msg=name)
+    print(f"{jax.devices()[0].device_kind} | batch {args.batch} x seq {args.seq_len} | d {args.d_model} "
+          f"vocab {args.vocab} | loss {float(value):.4f} (every variant)")
+    for name, fn in variants.items():
+        print(f"  LM head + loss, fwd+bwd, {name:28s} {median_ms(fn, head_DV, x_BTD):8.1f} ms")
 
 
 if __name__ == "__main__":
