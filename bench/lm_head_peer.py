@@ -5,20 +5,15 @@ backward, under torch.compile as bench/hf_peer.py compiles the whole model.
   python bench/lm_head_peer.py [--batch=32] [--seq_len=1024] [--d_model=896] [--vocab=151936]
 """
 
-import argparse
 import statistics
 
 import torch
 import torch.nn.functional as F
+from head_shape import parse_head_shape
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq_len", type=int, default=1024)
-    p.add_argument("--d_model", type=int, default=896)
-    p.add_argument("--vocab", type=int, default=151_936)
-    args = p.parse_args()
+    args = parse_head_shape(__doc__)
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(args.batch, args.seq_len, args.d_model, device="cuda", dtype=torch.bfloat16, generator=g,
                     requires_grad=True)

@@ -18,11 +18,11 @@ pass at 6.9 ms of its 52 ms head; this says what each change saves on the GPU be
 variant's value and gradients are checked against token_nll's first.
 """
 
-import argparse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from head_shape import parse_head_shape
 
 from drope_jax.model import loss
 
@@ -76,12 +76,7 @@ VARIANTS = {"two_pass + iota (token_nll)": loss.token_nll,
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq_len", type=int, default=1024)
-    p.add_argument("--d_model", type=int, default=896)
-    p.add_argument("--vocab", type=int, default=151_936)
-    args = p.parse_args()
+    args = parse_head_shape(__doc__)
     rng = np.random.default_rng(0)
     x_BTD = jnp.asarray(rng.standard_normal((args.batch, args.seq_len, args.d_model)), jnp.bfloat16)
     head_DV = jnp.asarray(0.02 * rng.standard_normal((args.d_model, args.vocab)), jnp.float32)
@@ -99,8 +94,8 @@ def main():
         other_value, other_grads = fn(head_DV, x_BTD)
         np.testing.assert_allclose(other_value, value, rtol=1e-5, err_msg=name)
         for g, other in zip(grads, other_grads):
-            np.testing.assert_allclose(np.asarray(other, np.float32), np.asarray(g, np.float32), rtol=2e-2, atol=1e-6,
-                                       err_msg=name)
+            g, other = np.asarray(g, np.float32), np.asarray(other, np.float32)  # bf16 roundings may differ
+            np.testing.assert_allclose(other, g, rtol=2e-2, atol=1e-2 * np.abs(g).max(), err_msg=name)
     print(f"{jax.devices()[0].device_kind} | batch {args.batch} x seq {args.seq_len} | d {args.d_model} "
           f"vocab {args.vocab} | loss {float(value):.4f} (every variant)")
     for name, fn in variants.items():
