@@ -5,7 +5,7 @@
 #   ROUND4_BUDGET=24 ROUND4_LR_RATIO=R bash experiments/round4/run.sh  # rope and its two tails at ratio R
 #   ROUND4_BUDGET=24 bash experiments/round4/run.sh nope alibi rnope_swa  # baselines, from scratch
 #
-# The whole round on one machine with no time limit (about 75 minutes of one H200, from the times measured
+# The whole round on one machine with no time limit (about 80 minutes of one H200, from the times measured
 # on 2026-12-04; 3.6 and 14 ran then, each on a 30-minute machine):
 #   ROUND4_BUDGET=14 bash experiments/round4/run.sh && R=$(cat /tmp/round4/b14/ratio) &&
 #   for b in 3.6 24; do ROUND4_BUDGET=$b ROUND4_LR_RATIO=$R bash experiments/round4/run.sh; done &&
