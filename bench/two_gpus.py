@@ -46,7 +46,7 @@ def free_port() -> int:
 def launch(program: str, args: list[str], processes: int, log: pathlib.Path, smoke: bool, timeout_s: float,
            env_all: dict) -> int:
     """`program` as one job of `processes` processes, process i on GPU i (its log: LOG.i.log); the largest exit
-    status, 124 for a job past `timeout_s`."""
+    status, 124 for a job past `timeout_s`. One process that fails ends the others."""
     port, procs = free_port(), []
     for i in range(processes):
         env = dict(os.environ, PYTHONUNBUFFERED="1", **env_all)
@@ -60,15 +60,15 @@ def launch(program: str, args: list[str], processes: int, log: pathlib.Path, smo
         with open(log.with_suffix(f".{i}.log"), "w") as out:
             procs.append(subprocess.Popen([sys.executable, program, *args], cwd=REPO, stdout=out,
                                           stderr=subprocess.STDOUT, env=env))
-    end, codes = time.time() + timeout_s, []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=max(end - time.time(), 1)))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            codes.append(124)
-    return max(codes)
+    end = time.time() + timeout_s
+    while None in (codes := [p.poll() for p in procs]):
+        failed = any(code not in (None, 0) for code in codes)  # its peers would wait for it until the end
+        if failed or time.time() > end:
+            for p in procs:
+                p.kill()
+            return max([p.wait() or 0 for p in procs] + [1 if failed else 124])
+        time.sleep(1)
+    return max(p.returncode for p in procs)
 
 
 def result_line(log: pathlib.Path) -> dict:

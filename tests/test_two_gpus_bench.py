@@ -32,3 +32,19 @@ def test_score_gap_finds_the_largest_difference_of_each_kind():
     gap = BENCH.score_gap(results(6.06, 0.75, 0.21), results(6.0, 1.0, 0.2))
     assert abs(gap["ppl_max_rel_diff"] - 0.01) < 1e-9 and gap["niah_max_abs_diff"] == 0.25
     assert abs(gap["c_max_abs_diff"] - 0.01) < 1e-9 and (gap["ppl_values"], gap["niah_cells"]) == (2, 2)
+
+
+def test_a_failing_process_ends_its_peers_and_a_late_job_is_stopped(tmp_path):
+    import time
+
+    program = tmp_path / "program.py"
+    program.write_text("import os, sys, time\n"
+                       "if os.environ['DROPE_PROCESS_ID'] == '1':\n    sys.exit(3)\ntime.sleep(60)\n")
+    start = time.time()
+    assert BENCH.launch(str(program), [], 2, tmp_path / "job", True, 50, {}) == 3
+    assert time.time() - start < 20  # process 0 was not waited for
+    program.write_text("import time\ntime.sleep(60)\n")
+    assert BENCH.launch(str(program), [], 2, tmp_path / "job", True, 2, {}) == 124
+    program.write_text("print('ran')\n")
+    assert BENCH.launch(str(program), [], 2, tmp_path / "job", True, 30, {}) == 0
+    assert (tmp_path / "job.1.log").read_text() == "ran\n"
