@@ -32,11 +32,12 @@ def kind_of(kernel: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in name for k in keys)), "XLA fusion / other")
 
 
-def fusion_origins(hlo_dir: str) -> dict[str, str]:
-    """{kernel name as a trace spells it: "SHAPE OP_NAME"} from the largest optimized module in an XLA dump."""
-    dumps = glob.glob(os.path.join(hlo_dir, "*after_optimizations.txt"))
+def fusion_origins(hlo_dir: str, module: str = "jit_step") -> dict[str, str]:
+    """{kernel name as a trace spells it: "SHAPE OP_NAME"} from the optimized HLO of `module` in an XLA dump (the
+    train step's is jit_step; the largest such file, where it was compiled more than once)."""
+    dumps = glob.glob(os.path.join(hlo_dir, f"*.{module}.*after_optimizations.txt"))
     if not dumps:
-        raise SystemExit(f"error: no *after_optimizations.txt under {hlo_dir}: run with "
+        raise SystemExit(f"error: no *.{module}.*after_optimizations.txt under {hlo_dir}: run with "
                          f'XLA_FLAGS="--xla_dump_to={hlo_dir} --xla_dump_hlo_as_text"')
     text = open(max(dumps, key=os.path.getsize)).read()
     fusion = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) fusion\(.*?op_name="([^"]*)"', re.MULTILINE)

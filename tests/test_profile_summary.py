@@ -16,7 +16,7 @@ def test_fusion_origins_from_an_optimized_dump(tmp_path):
         return jnp.sum(jax.nn.silu(gate) * up)
 
     step = jax.jit(jax.grad(swiglu_loss, argnums=(0, 1))).lower(jnp.ones((64, 128)), jnp.ones((64, 128))).compile()
-    (tmp_path / "module_0001.jit_small.cpu_after_optimizations.txt").write_text("tiny module")
+    (tmp_path / "module_0001.jit_init.cpu_after_optimizations.txt").write_text("a larger module " * 10**5)
     (tmp_path / "module_0002.jit_step.cpu_after_optimizations.txt").write_text(step.as_text())
     origins = SUMMARY.fusion_origins(str(tmp_path))
     assert origins, "no fusion found in the optimized HLO"
@@ -27,3 +27,31 @@ def test_fusion_origins_from_an_optimized_dump(tmp_path):
 def test_fusion_origins_names_the_missing_dump(tmp_path):
     with pytest.raises(SystemExit, match="xla_dump_to"):
         SUMMARY.fusion_origins(str(tmp_path))
+
+
+def test_the_train_steps_fusions_name_the_part_of_the_model_they_belong_to(tmp_path):
+    """The model's named scopes reach the optimized HLO, so a profile's kernels say attention, mlp, lm_head or
+    loss, in the forward and in the backward (transpose)."""
+    import functools
+
+    import numpy as np
+
+    from drope_jax import sharding
+    from drope_jax.model.positions import ROPE
+    from drope_jax.run_config import load_module
+    from drope_jax.train.setup import make_setup
+    from drope_jax.train.step import loss_fn
+
+    config = load_module(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py").get_config()
+    config.train.global_batch_size, config.data.seq_len = 8, 32
+    setup = make_setup(config)
+    with jax.set_mesh(setup.mesh):
+        params = setup.fresh_state()["params"]
+        tokens = sharding.host_batch_to_global(np.zeros((8, 33), np.int32), setup.mesh)
+        grad = jax.jit(jax.grad(functools.partial(loss_fn, spec=setup.spec, pos=ROPE, use_qk_norm=False)))
+        text = grad.lower(params, {"tokens": tokens}).compile().as_text()
+    (tmp_path / "module_0004.jit_step.cpu_after_optimizations.txt").write_text(text)
+    op_names = [origin.split(" ", 1)[1] for origin in SUMMARY.fusion_origins(str(tmp_path)).values()]
+    for scope in ("attention", "mlp", "lm_head", "loss"):  # in the layer scan: .../attention/...; else jvp(loss)
+        named = [n for n in op_names if f"/{scope}/" in n or f"({scope})" in n]
+        assert any("transpose" in n for n in named) and any("transpose" not in n for n in named), scope

@@ -148,10 +148,12 @@ class Block(nnx.Module):
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
                  kv_cache=None, query_chunk=None, pos_table=None):
-        attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                     positional, kv_cache, query_chunk, pos_table)
+        with jax.named_scope("attention"):  # the scopes name a profile's kernels (bench/profile_summary.py)
+            attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm,
+                                         positional, kv_cache, query_chunk, pos_table)
         x_BTD = x_BTD + attn_BTD
-        x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
+        with jax.named_scope("mlp"):
+            x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
         return constrain(x_BTD, ("batch", "seq", "act_embed")), new_kv
 
 
@@ -215,9 +217,11 @@ class Transformer(nnx.Module):
         kv = None if cache is None else (cache["k"], cache["v"])
         (x_BTD, new_kv), _ = jax.lax.scan(layer, (x_BTD, kv), xs, unroll=cfg.scan_unroll)
 
-        x_BTD = self.final_norm(x_BTD)
-        head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
-        logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)), ("batch", "seq", "act_vocab"))
+        with jax.named_scope("lm_head"):
+            x_BTD = self.final_norm(x_BTD)
+            head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
+            logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)),
+                                   ("batch", "seq", "act_vocab"))
         if cache is None:
             return logits_BTV
         return logits_BTV, {"k": new_kv[0], "v": new_kv[1], "length": start + tokens_BT.shape[1]}
