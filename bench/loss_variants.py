@@ -55,24 +55,10 @@ def _scatter_bwd(residuals, d_nll_BT):
     return d_logits_BTV.at[b_BT, t_BT, targets_BT].set(d_target_BT), None
 
 
-def _nll(forward, backward):
-    """A per-token NLL with the given forward (nll, lse) and backward."""
-    @jax.custom_vjp
-    def nll(logits_BTV, targets_BT):
-        return forward(logits_BTV, targets_BT)[0]
-
-    def fwd(logits_BTV, targets_BT):
-        nll_BT, lse_BT = forward(logits_BTV, targets_BT)
-        return nll_BT, (logits_BTV, targets_BT, lse_BT)
-
-    nll.defvjp(fwd, backward)
-    return nll
-
-
 VARIANTS = {"two_pass + iota (token_nll)": loss.token_nll,
-            "one_pass + iota": _nll(_one_pass_nll_and_lse, loss._token_nll_bwd),
-            "two_pass + scatter": _nll(loss._nll_and_lse, _scatter_bwd),
-            "one_pass + scatter": _nll(_one_pass_nll_and_lse, _scatter_bwd)}
+            "one_pass + iota": loss.custom_nll(_one_pass_nll_and_lse, loss.nll_backward),
+            "two_pass + scatter": loss.custom_nll(loss.nll_and_lse, _scatter_bwd),
+            "one_pass + scatter": loss.custom_nll(_one_pass_nll_and_lse, _scatter_bwd)}
 
 
 def main():

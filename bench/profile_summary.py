@@ -32,8 +32,13 @@ def kind_of(kernel: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in name for k in keys)), "XLA fusion / other")
 
 
+def kernel_key(name: str) -> str:
+    """A kernel's name as a trace spells it and its fusion's name in HLO text agree once . and - are _."""
+    return re.sub(r"[.\-]", "_", name)
+
+
 def fusion_origins(hlo_dir: str, module: str = "jit_step") -> dict[str, str]:
-    """{kernel name as a trace spells it: "SHAPE OP_NAME"} from the optimized HLO of `module` in an XLA dump (the
+    """{kernel_key(fusion name): "SHAPE OP_NAME"} from the optimized HLO of `module` in an XLA dump (the
     train step's is jit_step; the largest such file, where it was compiled more than once)."""
     dumps = glob.glob(os.path.join(hlo_dir, f"*.{module}.*after_optimizations.txt"))
     if not dumps:
@@ -41,7 +46,7 @@ def fusion_origins(hlo_dir: str, module: str = "jit_step") -> dict[str, str]:
                          f'XLA_FLAGS="--xla_dump_to={hlo_dir} --xla_dump_hlo_as_text"')
     text = open(max(dumps, key=os.path.getsize)).read()
     fusion = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) fusion\(.*?op_name="([^"]*)"', re.MULTILINE)
-    return {re.sub(r"[.\-]", "_", name): f"{shape} {op_name}" for name, shape, op_name in fusion.findall(text)}
+    return {kernel_key(name): f"{shape} {op_name}" for name, shape, op_name in fusion.findall(text)}
 
 
 def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
@@ -76,7 +81,7 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
     print(f"\ntop {top} kernels (ms per step, launches per step; run with XLA_FLAGS=--xla_gpu_enable_command_buffer= "
           "so that each fusion is its own kernel):")
     for kernel, ms in by_kernel.most_common(top):
-        origin = origins.get(re.sub(r"[.\-]", "_", kernel), "")
+        origin = origins.get(kernel_key(kernel), "")
         print(f"  {ms:8.2f} ms  x{launches[kernel] / steps:<5.0f} {kernel[:110]}")
         if origin:
             print(f"{'':20}{origin[:200]}")

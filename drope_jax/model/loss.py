@@ -14,25 +14,15 @@ import jax
 import jax.numpy as jnp
 
 
-def _nll_and_lse(logits_BTV, targets_BT):
+def nll_and_lse(logits_BTV, targets_BT):
+    """(per-token NLL [B, T], log-sum-exp [B, T]) in float32: a max, a sum of exponentials, the target gathered."""
     logits = logits_BTV.astype(jnp.float32)
     lse_BT = jax.nn.logsumexp(logits, axis=-1)
     target_logit_BT = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
     return lse_BT - target_logit_BT, lse_BT
 
 
-@jax.custom_vjp
-def token_nll(logits_BTV, targets_BT):
-    """Per-token negative log-likelihood [B, T], computed in float32 from logits of any float dtype."""
-    return _nll_and_lse(logits_BTV, targets_BT)[0]
-
-
-def _token_nll_fwd(logits_BTV, targets_BT):
-    nll_BT, lse_BT = _nll_and_lse(logits_BTV, targets_BT)
-    return nll_BT, (logits_BTV, targets_BT, lse_BT)
-
-
-def _token_nll_bwd(residuals, d_nll_BT):
+def nll_backward(residuals, d_nll_BT):
     """d nll / d logits = softmax - one_hot(target), scaled by the incoming gradient."""
     logits_BTV, targets_BT, lse_BT = residuals
     probs_BTV = jnp.exp(logits_BTV.astype(jnp.float32) - lse_BT[..., None])
@@ -41,4 +31,20 @@ def _token_nll_bwd(residuals, d_nll_BT):
     return d_logits_BTV.astype(logits_BTV.dtype), None
 
 
-token_nll.defvjp(_token_nll_fwd, _token_nll_bwd)
+def custom_nll(forward, backward):
+    """A per-token NLL(logits [B, T, V], targets [B, T]) -> [B, T] whose forward is ``forward`` (returning the NLL
+    and the log-sum-exp) and whose backward is ``backward`` (given the logits, targets and log-sum-exp)."""
+    @jax.custom_vjp
+    def nll(logits_BTV, targets_BT):
+        return forward(logits_BTV, targets_BT)[0]
+
+    def nll_fwd(logits_BTV, targets_BT):
+        nll_BT, lse_BT = forward(logits_BTV, targets_BT)
+        return nll_BT, (logits_BTV, targets_BT, lse_BT)
+
+    nll.defvjp(nll_fwd, backward)
+    return nll
+
+
+token_nll = custom_nll(nll_and_lse, nll_backward)
+token_nll.__doc__ = "Per-token negative log-likelihood [B, T], computed in float32 from logits of any float dtype."
