@@ -58,6 +58,17 @@ class Attention(nnx.Module):
         elif cfg.qk_norm == "head":
             self.q_norm, self.k_norm = RMSNorm(h, cfg, rngs), RMSNorm(h, cfg, rngs)
 
+    def _project_qkv(self, x_BTD):
+        dt = x_BTD.dtype
+        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
+        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
+        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v_DKH[...].astype(dt))
+        if self.cfg.attention_bias:
+            q_BTNH = q_BTNH + self.q_bias_NH[...].astype(dt)
+            k_BTKH = k_BTKH + self.k_bias_KH[...].astype(dt)
+            v_BTKH = v_BTKH + self.v_bias_KH[...].astype(dt)
+        return q_BTNH, k_BTKH, v_BTKH
+
     def _qk_norm(self, norm: RMSNorm, x_BTNH):
         if self.cfg.qk_norm == "head":
             return norm(x_BTNH)
@@ -71,13 +82,7 @@ class Attention(nnx.Module):
         ``layer`` at ``index`` and the queries attend to that layer's whole cache (to their own keys when
         ``index`` is the Python int 0, a prefill); the updated (k, v) is returned beside the output."""
         dt = x_BTD.dtype
-        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
-        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
-        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v_DKH[...].astype(dt))
-        if self.cfg.attention_bias:
-            q_BTNH = q_BTNH + self.q_bias_NH[...].astype(dt)
-            k_BTKH = k_BTKH + self.k_bias_KH[...].astype(dt)
-            v_BTKH = v_BTKH + self.v_bias_KH[...].astype(dt)
+        q_BTNH, k_BTKH, v_BTKH = self._project_qkv(x_BTD)
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
         theta = self.cfg.rope_theta

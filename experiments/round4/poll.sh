@@ -8,15 +8,16 @@
 #   echo $! > /tmp/round4/launcher.pid; bash experiments/round4/poll.sh 540      # the first call
 #   bash experiments/round4/poll.sh 560                                            # the next ones
 #
-# It waits for the launcher's pid to end (several run.sh in a row under one setsid bash -c '...' included), or,
-# without a pid file, for run.sh's last line ("run.sh exited").
+# It waits while the launcher's pid lives (several run.sh in a row under one setsid bash -c '...' included) and
+# while progress.log's last line is not run.sh's "run.sh exited". The second test is needed: in a shell with job
+# control (the device's) a background setsid forks, so $! is a parent that is gone at once.
 set -u
 ROOT=${SCIENCE_DIR:-/tmp/round4}
 OUT=${OUT:?set OUT to the folder to copy into}
 end=$((SECONDS + ${1:-560}))
 running() {
-  if [ -f "$ROOT/launcher.pid" ]; then kill -0 "$(cat "$ROOT/launcher.pid")" 2>/dev/null
-  else ! grep -q "run.sh exited" "$ROOT/progress.log" 2>/dev/null; fi
+  { [ -f "$ROOT/launcher.pid" ] && kill -0 "$(cat "$ROOT/launcher.pid")" 2>/dev/null; } ||
+    ! tail -n 1 "$ROOT/progress.log" 2>/dev/null | grep -q "run.sh exited"
 }
 while running && [ $SECONDS -lt $end ]; do sleep 5; done
 cd "$ROOT" && tar czf "$OUT/round4.tgz" --ignore-failed-read progress.log logs \

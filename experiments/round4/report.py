@@ -106,7 +106,9 @@ def readings(tables: dict) -> list[tuple[str, str, str]]:
     raw = f"{DROPE}, no temperature"
     for number, others in (("3", ("NoPE",)), ("4", ("PI", "NTK", "YaRN"))):
         for other in others:
-            if DROPE in top and other in top:
+            if DROPE in top and other not in top:
+                out.append((number, f"budget {largest}, NIAH 2x: {other} not evaluated", "not run"))
+            elif DROPE in top:
                 out.append((number, f"budget {largest}, NIAH 2x: {DROPE} {niah_at(top, DROPE)} (no temperature "
                                     f"{niah_at(top, raw)}), perplexity {top[DROPE]['ppl']['2']:.2f} vs {other} "
                                     f"{niah_at(top, other)}, {top[other]['ppl']['2']:.2f}",
