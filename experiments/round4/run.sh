@@ -24,7 +24,7 @@
 # Every stage is skipped once its output exists: the same command continues a stopped run. ROUND4_DEADLINE_S
 # ends a call: training stops by SIGTERM (a checkpoint; the next call resumes it) and no evaluation starts that
 # would not end in time (ROUND4_EVAL_S, its expected seconds: 240, over twice the longest measured on one H200
-# on 2026-12-04, 94 s for rope's four methods beside a training run). Or start it detached and follow it with
+# on 2026-12-04, 98 s for rope's four methods beside a training run). Or start it detached and follow it with
 # experiments/round4/poll.sh. A CPU smoke test (about 3 minutes on 2 cores; then `... run.sh nope alibi`):
 #   JAX_PLATFORMS=cpu SCIENCE_DIR=/tmp/r4smoke ROUND4_BUDGET=14 ROUND4_STEPS=24 STAGE_MB=4 VAL_FRACTION=0.3 \
 #   NIAH_SAMPLES=2 EVAL_FLAGS="--lengths=1,2 --depths=0,1 --ppl_sequences=2 --temperature_sequences=2" \
