@@ -4,13 +4,14 @@
 # $ROOT/launcher.pid, and each call (this script) waits and brings back a snapshot ($OUT/round4.tgz,
 # $OUT/progress.log); the next call follows within the machine's warm window, and the run goes on between calls.
 #
-#   mkdir -p /tmp/round4; ROUND4_BUDGET=14 setsid bash experiments/round4/run.sh > /tmp/round4/run.log 2>&1 &
-#   echo $! > /tmp/round4/launcher.pid; bash experiments/round4/poll.sh 540      # the first call
+#   mkdir -p /tmp/round4; rm -rf /tmp/r4code; cp -r . /tmp/r4code    # a copy the next calls' tree cannot replace
+#   (cd /tmp/r4code && ROUND4_BUDGET=14 setsid -w bash experiments/round4/run.sh > /tmp/round4/run.log 2>&1 &
+#    echo $! > /tmp/round4/launcher.pid); bash experiments/round4/poll.sh 540     # the first call
 #   bash experiments/round4/poll.sh 560                                            # the next ones
 #
 # It waits while the launcher's pid lives (several run.sh in a row under one setsid bash -c '...' included) and
-# while progress.log's last line is not run.sh's "run.sh exited". The second test is needed: in a shell with job
-# control (the device's) a background setsid forks, so $! is a parent that is gone at once.
+# while progress.log's last line is not run.sh's "run.sh exited". In a shell with job control (the device's) a
+# background setsid forks, and without -w its parent, $!, is gone at once; the second test covers that.
 set -u
 ROOT=${SCIENCE_DIR:-/tmp/round4}
 OUT=${OUT:?set OUT to the folder to copy into}
