@@ -186,3 +186,15 @@ def test_round4_readings_from_evaluation_results(tmp_path):
     early = {n: v for n, _, v in report.readings(without_24) if n in ("1", "3", "4", "5")}
     assert set(early) == {"1", "3", "4", "5"}  # NoPE ran only at 24: reading 3 says so
     assert early.pop("3") == "not run" and all(v.startswith("interim") for v in early.values())
+
+
+def test_round4_committed_results_give_the_published_verdicts():
+    """docs/reproduction.md's round 4 table of readings, rebuilt from the committed evaluation results."""
+    report = load_module(ROUND4 / "report.py")
+    tables, _ = report.load(REPO / "docs" / "reproduction" / "round4")
+    assert list(tables) == ["3.6", "14", "24"]
+    found = [(n, v) for n, _, v in report.readings(tables) if v != "-"]
+    assert found == [("1", "fails"), ("2", "holds"), ("3", "not run"), ("4", "holds"), ("4", "holds"),
+                     ("4", "fails"), ("5", "agrees")]
+    assert round(report.gap(tables["24"], report.DROPE), 3) == 0.225
+    assert tables["24"]["DroPE 12.5%"]["niah"]["2"] == (382, 960)  # correct, of 960 prompts: 0.40
