@@ -26,13 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "launch"))
-from benchmark import benchmark  # noqa: E402
-
-from drope_jax import sharding  # noqa: E402
-from drope_jax.model import transformer  # noqa: E402
-from drope_jax.run_config import load_module  # noqa: E402
-from drope_jax.train.setup import make_setup  # noqa: E402
+from drope_jax import sharding
+from drope_jax.model import transformer
+from drope_jax.run_config import load_module
+from drope_jax.train.setup import make_setup
 
 
 def project_qkv_fused(self, x_BTD):
@@ -123,6 +120,9 @@ def main():
     config.train.global_batch_size = args.batch
     config.data.seq_len = args.seq_len
     variants = args.variants.split(",")
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "launch"))
+    from benchmark import benchmark  # launch/benchmark.py's absl flags are defined on import: here, not in a test
+
     if args.check:
         reference = None
         for variant in dict.fromkeys(variants):

@@ -1,0 +1,34 @@
+"""bench/step_variants.py's rewrites compute what the model computes (their speed is measured on a GPU)."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from drope_jax.model import transformer
+from drope_jax.model.config import ModelConfig
+from drope_jax.run_config import load_module
+
+BENCH = load_module(pathlib.Path(__file__).parents[1] / "bench" / "step_variants.py")
+
+
+def test_swiglu_with_its_hand_written_backward_matches_autodiff():
+    gate, up, d_h = (jnp.asarray(np.random.default_rng(i).standard_normal((2, 3, 8)) * 3, jnp.float32)
+                     for i in range(3))
+    value, vjp = jax.vjp(BENCH.swiglu, gate, up)
+    want_value, want_vjp = jax.vjp(lambda g, u: jax.nn.silu(g) * u, gate, up)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    for got, want in zip(vjp(d_h), want_vjp(d_h)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fused_query_key_value_projection_equals_the_models():
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=32,
+                      compute_dtype="float32").validate()
+    attention = transformer.Attention(cfg, nnx.Rngs(0))
+    x_BTD = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+    for got, want in zip(BENCH.project_qkv_fused(attention, x_BTD), attention._project_qkv(x_BTD)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
