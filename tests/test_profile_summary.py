@@ -1,12 +1,18 @@
 """bench/profile_summary.py names the JAX operation behind each XLA fusion of a profile."""
 
+import functools
 import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from drope_jax import sharding
+from drope_jax.model.positions import ROPE
 from drope_jax.run_config import load_module
+from drope_jax.train.setup import make_setup
+from drope_jax.train.step import loss_fn
 
 SUMMARY = load_module(pathlib.Path(__file__).parents[1] / "bench" / "profile_summary.py")
 
@@ -32,16 +38,6 @@ def test_fusion_origins_names_the_missing_dump(tmp_path):
 def test_the_train_steps_fusions_name_the_part_of_the_model_they_belong_to(tmp_path):
     """The model's named scopes reach the optimized HLO, so a profile's kernels say attention, mlp, lm_head or
     loss, in the forward and in the backward (transpose)."""
-    import functools
-
-    import numpy as np
-
-    from drope_jax import sharding
-    from drope_jax.model.positions import ROPE
-    from drope_jax.run_config import load_module
-    from drope_jax.train.setup import make_setup
-    from drope_jax.train.step import loss_fn
-
     config = load_module(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py").get_config()
     config.train.global_batch_size, config.data.seq_len = 8, 32
     setup = make_setup(config)

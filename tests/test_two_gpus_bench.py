@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import time
 
 from drope_jax.run_config import load_module
 
@@ -35,8 +36,6 @@ def test_score_gap_finds_the_largest_difference_of_each_kind():
 
 
 def test_a_failing_process_ends_its_peers_and_a_late_job_is_stopped(tmp_path):
-    import time
-
     program = tmp_path / "program.py"
     program.write_text("import os, sys, time\n"
                        "if os.environ['DROPE_PROCESS_ID'] == '1':\n    sys.exit(3)\ntime.sleep(60)\n")
