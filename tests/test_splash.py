@@ -77,7 +77,9 @@ def test_auto_picks_splash_on_tpu_cudnn_on_gpu_xla_on_cpu(monkeypatch):
     assert choose(None, jnp.float32, 1024, has_bias=False, has_mask=False) == "splash"
     monkeypatch.setattr(splash, "target_platform", lambda: "gpu")
     assert choose("auto", jnp.bfloat16, 1024, has_bias=False, has_mask=False) == "cudnn"
+    assert choose("auto", jnp.bfloat16, 1024, has_bias=True, has_mask=False) == "cudnn"  # ALiBi
     assert choose("auto", jnp.bfloat16, 1024, has_bias=False, has_mask=True) == "xla"
+    assert choose("auto", jnp.float32, 1024, has_bias=True, has_mask=False) == "xla"
 
 
 @pytest.mark.parametrize("seq_len, has_bias, why", [(1024, True, "ALiBi"), (1000, False, "divisible by 128")])

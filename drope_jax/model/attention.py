@@ -19,8 +19,10 @@ static window, which needs no T x S mask. ``implementation`` ("auto", "xla", "cu
 - TPU: the Pallas splash-attention kernel (``drope_jax.model.splash``), document masks included;
 - elsewhere: XLA.
 
-ALiBi's bias (and, on GPU, document masks) take the XLA path, as do cached decoding and chunked
-queries; a fused backend asked for but not usable says so once.
+On GPU ALiBi's bias goes to cuDNN too, rounded to the inputs' 16-bit dtype (cuDNN takes no other): a bias
+of magnitude b moves by at most b * 2^-9 in bfloat16, the rounding q and k already carry. Document masks on
+GPU, ALiBi on TPU, cached decoding and chunked queries take the XLA path; a fused backend asked for but not
+usable says so once.
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ from drope_jax.model import splash
 from drope_jax.model.config import ATTENTION_BACKENDS
 
 
-def default_implementation(dtype, *, needs_bias_or_mask: bool = False, platform: str | None = None) -> str:
-    """Off TPU: cuDNN on GPU for 16-bit inputs (its only dtypes) without a bias or mask array, XLA otherwise."""
+def default_implementation(dtype, *, has_mask: bool = False, platform: str | None = None) -> str:
+    """Off TPU: cuDNN on GPU for 16-bit inputs (its only dtypes) without a document mask, XLA otherwise."""
     on_gpu = (platform or jax.devices()[0].platform) == "gpu"
-    if on_gpu and needs_bias_or_mask:
-        _warn_once("attention with an ALiBi bias or a document mask runs on the slower XLA path on GPU")
-    fused_ok = on_gpu and not needs_bias_or_mask and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    if on_gpu and has_mask:
+        _warn_once("attention with a document mask runs on the slower XLA path on GPU")
+    fused_ok = on_gpu and not has_mask and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     return "cudnn" if fused_ok else "xla"
 
 
@@ -53,7 +55,7 @@ def choose_implementation(implementation: str | None, dtype, seq_len: int, *, ha
     if implementation in (None, "auto"):
         platform = splash.target_platform()
         if platform != "tpu":
-            return default_implementation(dtype, needs_bias_or_mask=has_bias or has_mask, platform=platform)
+            return default_implementation(dtype, has_mask=has_mask, platform=platform)
         implementation = "splash"
     if implementation == "splash" and has_bias:
         _warn_once("splash attention has no ALiBi bias: attention runs on the slower XLA path")
@@ -135,6 +137,8 @@ def _self_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, implementation, wind
     if alibi_slopes_N is not None:
         index_T = jnp.arange(q_BTNH.shape[1])
         bias = alibi_bias(alibi_slopes_N, index_T, index_T)
+        if implementation == "cudnn":
+            bias = bias.astype(q_BTNH.dtype)
     return jax.nn.dot_product_attention(
         q_BTNH, k_BTKH, v_BTKH, bias=bias, mask=mask_B1TS, is_causal=True, scale=q_BTNH.shape[-1] ** -0.5,
         local_window_size=None if window is None else (window - 1, 0), implementation=implementation,
