@@ -198,3 +198,17 @@ def test_round4_committed_results_give_the_published_verdicts():
                      ("4", "fails"), ("5", "agrees")]
     assert round(report.gap(tables["24"], report.DROPE), 3) == 0.225
     assert tables["24"]["DroPE 12.5%"]["niah"]["2"] == (382, 960)  # correct, of 960 prompts: 0.40
+
+
+def test_round4_poll_stops_at_once_on_a_machine_without_the_run_and_packs_a_finished_one(tmp_path):
+    poll = [shutil.which("bash"), str(REPO / "experiments/round4/poll.sh"), "60"]
+    root, out = tmp_path / "round4", tmp_path / "out"
+    root.mkdir(), out.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "SCIENCE_DIR": str(root), "OUT": str(out)}
+    fresh = subprocess.run(poll, env=env, capture_output=True, text=True, timeout=30)
+    assert fresh.returncode == 3 and "Start the run again" in fresh.stderr
+    assert not (out / "round4.tgz").exists()
+    (root / "progress.log").write_text("[00:00:00 +0s] b24: training nope\n[00:00:09 +9s] b24: run.sh exited\n")
+    done = subprocess.run(poll, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "run.sh exited" in done.stdout
+    assert (out / "round4.tgz").stat().st_size > 0 and (out / "progress.log").exists()

@@ -16,6 +16,11 @@ set -u
 ROOT=${SCIENCE_DIR:-/tmp/round4}
 OUT=${OUT:?set OUT to the folder to copy into}
 end=$((SECONDS + ${1:-560}))
+if [ ! -f "$ROOT/launcher.pid" ] && [ ! -f "$ROOT/progress.log" ]; then
+  echo "poll.sh: no run here ($ROOT has no launcher.pid and no progress.log): this machine is not the one the" \
+    "first call started it on (it goes back when idle between calls). Start the run again with the first call." >&2
+  exit 3
+fi
 running() {
   { [ -f "$ROOT/launcher.pid" ] && kill -0 "$(cat "$ROOT/launcher.pid")" 2>/dev/null; } ||
     ! tail -n 1 "$ROOT/progress.log" 2>/dev/null | grep -q "run.sh exited"
