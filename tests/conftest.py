@@ -1,7 +1,8 @@
 """Every test runs on CPU with 8 simulated devices, so each sharding path runs in CI.
 
 The tests, and the programs they start, compile the same few programs many times: one persistent compilation
-cache for the session (fresh, unless JAX_COMPILATION_CACHE_DIR is set) compiles each once."""
+cache for the session (fresh, unless JAX_COMPILATION_CACHE_DIR is set) compiles each once. With pytest-xdist
+(`-n 2`) the workers inherit this process's environment, so they share the cache."""
 
 import atexit
 import os
