@@ -44,15 +44,16 @@ def main():
             def forward_backward(q, k, v, forward=forward):
                 return jax.grad(lambda *qkv: jnp.sum(forward(*qkv).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
 
+            programs = [jax.jit(forward), jax.jit(forward_backward)]
             timings = []
-            for fn in (forward, forward_backward):
+            for program in programs:
                 try:
-                    timings.append(f"{median_ms(jax.jit(fn), q, k, v, calls=20):8.2f} ms")
+                    timings.append(f"{median_ms(program, q, k, v, calls=20):8.2f} ms")
                 except jax.errors.JaxRuntimeError as e:  # XLA's T x T scores can exceed the device memory
                     timings.append(f"failed ({str(e).splitlines()[0][:60]})")
             difference = ""
             if not any("failed" in t for t in timings):
-                results = [jax.jit(forward)(q, k, v), *jax.jit(forward_backward)(q, k, v)]
+                results = [programs[0](q, k, v), *programs[1](q, k, v)]
                 if reference is None:
                     reference = results
                 else:

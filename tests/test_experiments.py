@@ -203,7 +203,8 @@ def test_round4_committed_results_give_the_published_verdicts():
 def test_round4_poll_stops_at_once_on_a_machine_without_the_run_and_packs_a_finished_one(tmp_path):
     poll = [shutil.which("bash"), str(REPO / "experiments/round4/poll.sh"), "60"]
     root, out = tmp_path / "round4", tmp_path / "out"
-    root.mkdir(), out.mkdir()
+    root.mkdir()
+    out.mkdir()
     env = {"PATH": "/usr/bin:/bin", "SCIENCE_DIR": str(root), "OUT": str(out)}
     fresh = subprocess.run(poll, env=env, capture_output=True, text=True, timeout=30)
     assert fresh.returncode == 3 and "Start the run again" in fresh.stderr
