@@ -3,7 +3,7 @@
   python bench/step_variants.py [--config=configs/0p5b_16b.py] [--batch=32] [--seq_len=1024] [--steps=15]
 
 docs/performance.md's profile of the Table 4 step puts about 20 ms in the SwiGLU's element-wise work, and the
-key and value projections (896 x 128 each) are matrix products too small to fill the GPU.
+key and value projections are small matrix products (896 x 128 each).
 Each variant replaces one method of the model for the duration of its run, then launch/benchmark.py's
 `benchmark` times the step (median after warm-up); `base` runs first and last, so its two figures show
 the drift over the call:
@@ -116,7 +116,8 @@ def main():
               f"{r['step_time_max_s'] * 1e3:.1f}) | {r['tokens_per_sec']:,.0f} tokens/s | peak memory "
               f"{r['peak_memory_gib']:.1f} GiB | loss after {args.steps + 3} steps {r['final_loss']:.4f}", flush=True)
         print("RESULT " + json.dumps({"variant": variant, **r}), flush=True)
-        first_loss = first_loss or r["final_loss"]
+        if first_loss is None:
+            first_loss = r["final_loss"]
         if abs(r["final_loss"] / first_loss - 1) > 2e-3:
             sys.exit(f"error: {variant}'s loss {r['final_loss']} differs from {variants[0]}'s {first_loss}")
 

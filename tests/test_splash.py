@@ -13,7 +13,7 @@ from drope_jax import sharding
 from drope_jax.errors import ConfigError
 from drope_jax.model import attention, splash, state
 from drope_jax.model.config import ModelConfig
-from drope_jax.model.positions import NOPE, PosEncoding
+from drope_jax.model.positions import NOPE, PosEncoding, alibi_slopes
 
 
 def _qkv(t, n=4, k=2, h=32, b=2):
@@ -97,3 +97,22 @@ def test_a_wrong_backend_is_refused_by_name():
     with pytest.raises(ConfigError, match="config.model.attention_backend"):
         ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=2, num_kv_heads=2, mlp_dim=8,
                     attention_backend="flash").validate()
+
+
+def test_alibi_reaches_cudnn_as_a_bias_in_the_inputs_dtype_within_its_rounding(monkeypatch):
+    """cuDNN takes a bias only in q's 16-bit dtype; the rounding stays within the docstring's |bias| x 2^-8."""
+    seen = {}
+
+    def fake_attention(q, k, v, *, bias, implementation, **_):
+        seen.update(bias=bias, implementation=implementation)
+        return q
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake_attention)
+    slopes_N = alibi_slopes(4)
+    q_BTNH = jnp.ones((1, 300, 4, 8), jnp.bfloat16)
+    attention.causal_attention(q_BTNH, q_BTNH, q_BTNH, implementation="cudnn", alibi_slopes_N=slopes_N)
+    assert seen["implementation"] == "cudnn" and seen["bias"].dtype == jnp.bfloat16
+    exact = attention.alibi_bias(slopes_N, jnp.arange(300), jnp.arange(300))
+    np.testing.assert_array_less(np.abs(np.float32(seen["bias"]) - exact), np.abs(exact) * 2.0**-8 + 1e-12)
+    attention.causal_attention(q_BTNH, q_BTNH, q_BTNH, implementation="xla", alibi_slopes_N=slopes_N)
+    assert seen["bias"].dtype == jnp.float32  # XLA adds it to float32 logits as it is

@@ -20,7 +20,7 @@ static window, which needs no T x S mask. ``implementation`` ("auto", "xla", "cu
 - elsewhere: XLA.
 
 On GPU ALiBi's bias goes to cuDNN too, rounded to the inputs' 16-bit dtype (cuDNN takes no other): a bias
-of magnitude b moves by at most b * 2^-9 in bfloat16, the rounding q and k already carry. Document masks on
+of magnitude b moves by at most b * 2^-8 in bfloat16, the rounding q and k already carry. Document masks on
 GPU, ALiBi on TPU, cached decoding and chunked queries take the XLA path; a fused backend asked for but not
 usable says so once.
 """
