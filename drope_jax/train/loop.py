@@ -159,7 +159,8 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
         if mfu is not None:
             record["mfu"] = mfu
         writer.write(record)
-        log(f"step {step + 1:>7,}/{plan.total_steps:,} | {phase} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
+        encoding = plan.phase_pos(phase).kind  # the phase is "rope" before any flip, whatever config.positions says
+        log(f"step {step + 1:>7,}/{plan.total_steps:,} | {encoding} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | "
             f"{tokens_per_sec / 1e3:,.1f}k tok/s | MFU {'n/a' if mfu is None else f'{mfu:.1%}'} | "
             f"ETA {metrics.format_duration(eta)}")
         interval_start, interval_steps = now, 0
