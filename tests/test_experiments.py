@@ -194,10 +194,11 @@ def test_round4_committed_results_give_the_published_verdicts():
     tables, _ = report.load(REPO / "docs" / "reproduction" / "round4")
     assert list(tables) == ["3.6", "14", "24"]
     found = [(n, v) for n, _, v in report.readings(tables) if v != "-"]
-    assert found == [("1", "fails"), ("2", "holds"), ("3", "not run"), ("4", "holds"), ("4", "holds"),
+    assert found == [("1", "fails"), ("2", "holds"), ("3", "fails"), ("4", "holds"), ("4", "holds"),
                      ("4", "fails"), ("5", "agrees")]
     assert round(report.gap(tables["24"], report.DROPE), 3) == 0.225
     assert tables["24"]["DroPE 12.5%"]["niah"]["2"] == (382, 960)  # correct, of 960 prompts: 0.40
+    assert tables["24"]["NoPE"]["niah"]["2"] == (366, 960)  # 0.38: within DroPE's interval
 
 
 def test_round4_poll_stops_at_once_on_a_machine_without_the_run_and_packs_a_finished_one(tmp_path):
