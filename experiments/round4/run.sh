@@ -5,11 +5,13 @@
 #   ROUND4_BUDGET=24 ROUND4_LR_RATIO=R bash experiments/round4/run.sh  # rope and its two tails at ratio R
 #   ROUND4_BUDGET=24 bash experiments/round4/run.sh nope alibi rnope_swa  # baselines, from scratch
 #
-# The whole round on one machine with no time limit (about 80 minutes of one H200, from the times measured
-# on 2026-12-04; 3.6 and 14 ran then, each on a 30-minute machine):
+# The whole round as docs/reproduction.md reports it, on one machine with no time limit (about 70 minutes of
+# one H200, from the times measured on 2026-12-04, when each piece ran on a 30-minute machine; ALiBi and
+# RNoPE-SWA at 14 because 24 did not fit one, as registered):
 #   ROUND4_BUDGET=14 bash experiments/round4/run.sh && R=$(cat /tmp/round4/b14/ratio) &&
 #   for b in 3.6 24; do ROUND4_BUDGET=$b ROUND4_LR_RATIO=$R bash experiments/round4/run.sh; done &&
-#   ROUND4_BUDGET=24 bash experiments/round4/run.sh nope alibi rnope_swa
+#   ROUND4_BUDGET=24 bash experiments/round4/run.sh nope &&
+#   ROUND4_BUDGET=14 bash experiments/round4/run.sh alibi rnope_swa
 #
 # 1. Stages the corpus (experiments/round4/stage_corpus.py, the committed tokenizer; whole directories held out).
 # 2. Trains rope, then its tails from its checkpoints (which live only as long as the machine: rope and its
