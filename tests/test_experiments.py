@@ -186,6 +186,11 @@ def test_round4_readings_from_evaluation_results(tmp_path):
     early = {n: v for n, _, v in report.readings(without_24) if n in ("1", "3", "4", "5")}
     assert set(early) == {"1", "3", "4", "5"}  # NoPE ran only at 24: reading 3 says so
     assert early.pop("3") == "not run" and all(v.startswith("interim") for v in early.values())
+    # an arm evaluated under another protocol cannot sit in the same tables
+    nope = tmp_path / "b24" / "eval" / "nope" / "results.json"
+    nope.write_text(json.dumps({**json.loads(nope.read_text()), "settings": {"niah_samples": 8, "depths": [0, 1]}}))
+    with pytest.raises(SystemExit, match=r"nope/results.json was evaluated with .*'niah_samples': 8"):
+        report.load(tmp_path)
 
 
 def test_round4_committed_results_give_the_published_verdicts():

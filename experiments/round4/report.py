@@ -38,9 +38,12 @@ def budget_key(budget: str) -> float:
     return float(budget)
 
 
+HOW_RUN = ("methods", "batch_size", "query_chunk")  # evaluation settings that change no score
+
+
 def load(root: pathlib.Path) -> tuple[dict, dict]:
     """{budget: {name: {"ppl", "niah", "tasks", "c", "at_bound"}}}, and the evaluation settings."""
-    tables, settings = {}, {}
+    tables, settings, first, dates, devices = {}, {}, None, [], set()
     for folder in sorted(root.glob("b*/eval"), key=lambda p: budget_key(p.parent.name[1:])):
         budget, table = folder.parent.name[1:], {}
         for (arm, method), name in ARMS.items():
@@ -50,10 +53,14 @@ def load(root: pathlib.Path) -> tuple[dict, dict]:
             r = json.loads(path.read_text())
             if method not in r["ppl"]:
                 continue
-            s = r["settings"]
-            settings = {"lengths": r["lengths"], "niah_samples": s["niah_samples"], "depths": s["depths"],
-                        "niah_needles": s.get("niah_needles", 4), "template": s["template"],
-                        "device": r["device"], "date": r["date"]}
+            protocol = {"niah_needles": 4, **{k: v for k, v in r["settings"].items() if k not in HOW_RUN},
+                        "lengths": r["lengths"]}  # {multiple: tokens}, in place of the settings' list of multiples
+            if first is not None and protocol != settings:  # a table may only set side by side what is comparable
+                raise SystemExit(f"report.py: {path} was evaluated with {protocol}, {first} with {settings}: "
+                                 "evaluate every arm with run.sh's one protocol")
+            first, settings = first or path, protocol
+            dates.append(r["date"])
+            devices.add(r["device"])
             lengths = list(r["ppl"][method])
             temperature = r.get("temperature", {}).get(method, {})
             table[name] = {"ppl": r["ppl"][method], "niah": {m: pooled(r, method, m) for m in lengths},
@@ -61,6 +68,8 @@ def load(root: pathlib.Path) -> tuple[dict, dict]:
                            "c": temperature.get("c"), "at_bound": temperature.get("at_bound")}
         if table:
             tables[budget] = table
+    if dates:
+        settings.update(dates=[min(dates), max(dates)], device="; ".join(sorted(devices)))
     return tables, settings
 
 
@@ -130,7 +139,8 @@ def write_report(tables, settings, out: pathlib.Path, sweep: str = "") -> str:
     lengths = list(settings["lengths"])
     head = "| arm | " + " | ".join(f"{m}x ({settings['lengths'][m]})" for m in lengths) + " |"
     rule = "|---|" + "---:|" * len(lengths)
-    lines = [f"Evaluated {settings['date']} on {settings['device']}; NIAH template {settings['template']!r}, "
+    lines = [f"Evaluated from {settings['dates'][0]} to {settings['dates'][1]} on {settings['device']}; "
+             f"NIAH template {settings['template']!r}, "
              f"{settings['niah_samples']} prompts per (task, length, depth), depths {settings['depths']}, "
              f"{settings['niah_needles']} needles in every multi-needle task; perplexity on the same held-out text "
              "at every length. Budgets in tokens per parameter."]
