@@ -1,6 +1,8 @@
 """The long-context evaluation: it can say yes as well as no, runs every method on a DroPE run and on runs
 trained from scratch with ALiBi and RNoPE-SWA, writes its report, and in-training perplexity is logged."""
 
+import contextlib
+import io
 import json
 import re
 
@@ -94,11 +96,27 @@ def runs(tmp_path_factory):
     """A DroPE run (flip at 4 of 8, perplexity every 4 steps) and short ALiBi, RNoPE-SWA and NoPE runs from
     scratch."""
     root = tmp_path_factory.mktemp("runs")
-    loop.run(tiny_config(eval=dict(every_steps=4), train=dict(total_steps=8), drope=dict(flip_step=4)), root / "drope")
+
+    def run(config, name):  # what the run printed goes to ROOT/NAME.out
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            loop.run(config, root / name)
+        (root / f"{name}.out").write_text(out.getvalue())
+
+    run(tiny_config(eval=dict(every_steps=4), train=dict(total_steps=8), drope=dict(flip_step=4)), "drope")
     for name, positions in (("alibi", dict(kind="alibi")), ("rnope_swa", dict(kind="rope", nope_every=2, window=16))):
-        loop.run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), root / name)
-    loop.run(tiny_config(train=dict(total_steps=4), drope=dict(flip_step=0)), root / "nope")
+        run(tiny_config(positions=positions, train=dict(total_steps=4), drope=dict(flip_step=None)), name)
+    run(tiny_config(train=dict(total_steps=4), drope=dict(flip_step=0)), "nope")
     return root
+
+
+def test_progress_lines_and_the_flip_name_the_encodings(runs):
+    def encodings(name):
+        return [line.split(" | ")[1] for line in (runs / f"{name}.out").read_text().splitlines()
+                if line.startswith("step ")]
+
+    assert encodings("drope") == ["rope"] * 4 + ["nope"] * 4 and encodings("alibi") == ["alibi"] * 4
+    assert "=== flip at step 4: RoPE -> NoPE in every layer; fresh AdamW moments" in (runs / "drope.out").read_text()
+    assert "=== flip at step 0: NoPE in every layer from the first step" in (runs / "nope.out").read_text()
 
 
 def test_the_final_table_shows_drope_with_its_fitted_temperature_beside_the_raw_one(runs):

@@ -56,14 +56,6 @@ def test_flip_happens_at_the_configured_step_and_loss_falls(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text()) == result
 
 
-def test_progress_lines_name_the_encoding_being_trained(tmp_path, capsys):
-    loop.run(tiny_config(positions=dict(kind="alibi"), train=dict(total_steps=2), drope=dict(flip_step=None)),
-             tmp_path / "alibi")
-    loop.run(tiny_config(train=dict(total_steps=4), drope=dict(flip_step=1, recal_warmup_steps=1)), tmp_path / "drope")
-    steps = [line.split(" | ")[1] for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    assert steps == ["alibi", "alibi", "rope", "nope", "nope", "nope"]
-
-
 @pytest.mark.parametrize("stops", [(5, 10), (8,)], ids=["before-and-across-flip", "at-flip"])
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stops):
     sections = dict(drope=dict(flip_step=8))

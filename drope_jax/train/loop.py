@@ -230,8 +230,11 @@ def apply_flip(setup: Setup, state, step: int):
     else:
         moments = "AdamW moments carried over" + (" (fresh for the QK-norm gains, which start training now)"
                                                    if plan.qk_norm_at_flip else "")
-    log(f"=== flip at step {step}: RoPE -> NoPE in every layer; {moments}; QK-norm switched on: "
-        f"{plan.qk_norm_at_flip}; {plan.describe_recal() if plan.recal else 'LR: config.optim throughout'} ===")
+    before = {"rope": "RoPE", "alibi": "ALiBi"}.get(plan.pos.kind, plan.pos.kind)
+    change = (f"{before} -> NoPE in every layer; {moments}" if step else
+              "NoPE in every layer from the first step (NoPE from scratch)")
+    log(f"=== flip at step {step}: {change}; QK-norm switched on: {plan.qk_norm_at_flip}; "
+        f"{plan.describe_recal() if plan.recal else 'LR: config.optim throughout'} ===")
     if d.reset_opt_state or plan.qk_norm_at_flip:
         opt_state = jax.jit(functools.partial(optim.restart_moments, setup.tx, everything=d.reset_opt_state),
                             out_shardings=setup.state_sh["opt_state"], donate_argnums=(0,))(
