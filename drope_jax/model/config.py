@@ -38,7 +38,7 @@ class ModelConfig:
     norm_eps: float = _field("math", 1e-5)
     param_dtype: str = _field("run", "float32")
     compute_dtype: str = _field("run", "bfloat16")
-    remat: str = _field("run", "none")
+    remat: str = _field("run", "none")  # acts through the layer scan; fully unrolled, XLA decides (performance.md)
     scan_unroll: int = _field("run", 1)  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
     # "auto": splash on TPU, cuDNN on GPU, XLA elsewhere, by the platform the step is compiled for
     attention_backend: str = _field("run", "auto")
