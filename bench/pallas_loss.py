@@ -1,0 +1,99 @@
+"""The loss's two passes over the logits as Pallas (Triton) kernels, one GPU program per row of the logits.
+
+A candidate for drope_jax/model/loss.py, measured by bench/loss_variants.py before it goes there.
+docs/performance.md's profile of the Table 4 step has the loss's three passes over its 10 GB of bf16 logits
+at 13.7 ms: a max (2.5 ms), a sum of exponentials (4.3) and the backward's softmax - one_hot (6.9).
+- `nll_and_lse`: one read of each row. It keeps a running max and a sum of exponentials rescaled to it
+  (online softmax), a block of the vocabulary at a time, and returns the same (NLL, log-sum-exp) in float32 as
+  loss.nll_and_lse.
+- `nll_backward`: one read and one write of each row. Its formula is loss.nll_backward's, in the logits'
+  dtype.
+
+Both take logits of any shape [..., V]; V need not be a power of two (the last block is masked). Off the GPU,
+they run in Pallas's interpreter: slow, but they compute the same values (tests/test_loss_kernels_bench.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+BLOCK_V = 4096  # vocabulary entries a program reads at a time (a power of two, as Triton needs)
+
+
+def _interpret() -> bool:
+    return jax.default_backend() != "gpu"
+
+
+def _lse_kernel(logits_ref, lse_ref, *, vocab: int, block: int):
+    row = pl.program_id(0)
+
+    def step(i, carry):
+        top, total = carry
+        index = i * block + jnp.arange(block)
+        x = plt.load(logits_ref.at[row, pl.ds(i * block, block)], mask=index < vocab,
+                     other=-jnp.inf).astype(jnp.float32)
+        new_top = jnp.maximum(top, jnp.max(x))
+        return new_top, total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(x - new_top))
+
+    top, total = jax.lax.fori_loop(0, pl.cdiv(vocab, block), step,
+                                   (jnp.float32(-jnp.inf), jnp.float32(0)))
+    lse_ref[...] = jnp.full((1,), top + jnp.log(total), jnp.float32)
+
+
+def _grad_kernel(logits_ref, lse_ref, target_ref, scale_ref, grad_ref, *, vocab: int, block: int):
+    row = pl.program_id(0)
+    lse, target, scale = lse_ref[0], target_ref[0], scale_ref[0]
+
+    def step(i, _):
+        index = i * block + jnp.arange(block)
+        inside = index < vocab
+        x = plt.load(logits_ref.at[row, pl.ds(i * block, block)], mask=inside, other=0).astype(jnp.float32)
+        grad = (jnp.exp(x - lse) - (index == target).astype(jnp.float32)) * scale
+        plt.store(grad_ref.at[row, pl.ds(i * block, block)], grad.astype(grad_ref.dtype), mask=inside)
+        return 0
+
+    jax.lax.fori_loop(0, pl.cdiv(vocab, block), step, 0)
+
+
+def _one_per_row():
+    return pl.BlockSpec((1,), lambda row: (row,))
+
+
+def _whole():
+    return pl.BlockSpec(memory_space=pl.ANY)
+
+
+def log_sum_exp(logits_NV, block: int = BLOCK_V):
+    """[N] float32 log-sum-exp of each row of [N, V] logits, in one read."""
+    n, vocab = logits_NV.shape
+    return pl.pallas_call(
+        functools.partial(_lse_kernel, vocab=vocab, block=block),
+        out_shape=jax.ShapeDtypeStruct((n,), jnp.float32), grid=(n,),
+        in_specs=[_whole()], out_specs=_one_per_row(), interpret=_interpret())(logits_NV)
+
+
+def nll_and_lse(logits_BTV, targets_BT):
+    """loss.nll_and_lse with the log-sum-exp in one read of the logits."""
+    logits_NV = logits_BTV.reshape(-1, logits_BTV.shape[-1])
+    lse_N = log_sum_exp(logits_NV)
+    target_logit_N = jnp.take_along_axis(logits_NV, targets_BT.reshape(-1, 1), axis=-1)[:, 0].astype(jnp.float32)
+    return (lse_N - target_logit_N).reshape(targets_BT.shape), lse_N.reshape(targets_BT.shape)
+
+
+def nll_backward(residuals, d_nll_BT, block: int = BLOCK_V):
+    """loss.nll_backward in one read and one write of the logits."""
+    logits_BTV, targets_BT, lse_BT = residuals
+    logits_NV = logits_BTV.reshape(-1, logits_BTV.shape[-1])
+    n, vocab = logits_NV.shape
+    grad_NV = pl.pallas_call(
+        functools.partial(_grad_kernel, vocab=vocab, block=block),
+        out_shape=jax.ShapeDtypeStruct(logits_NV.shape, logits_NV.dtype), grid=(n,),
+        in_specs=[_whole(), _one_per_row(), _one_per_row(), _one_per_row()], out_specs=_whole(),
+        interpret=_interpret())(logits_NV, lse_BT.reshape(-1), targets_BT.reshape(-1).astype(jnp.int32),
+                                d_nll_BT.reshape(-1).astype(jnp.float32))
+    return grad_NV.reshape(logits_BTV.shape), None
