@@ -23,58 +23,53 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 BLOCK_V = 4096  # vocabulary entries a program reads at a time (a power of two, as Triton needs)
+NUM_WARPS = 8  # jax.experimental.pallas.ops.gpu.layer_norm's choice for rows read in blocks of 4,096
 
 
 def _interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
-def _lse_kernel(logits_ref, lse_ref, *, vocab: int, block: int):
-    row = pl.program_id(0)
+def _lse_kernel(x_ref, lse_ref, *, block: int):
+    """One row: x_ref [V], lse_ref []."""
+    vocab = x_ref.shape[0]
 
     def step(i, carry):
         top, total = carry
         index = i * block + jnp.arange(block)
-        x = plt.load(logits_ref.at[row, pl.ds(i * block, block)], mask=index < vocab,
-                     other=-jnp.inf).astype(jnp.float32)
+        x = plt.load(x_ref.at[index], mask=index < vocab, other=-jnp.inf).astype(jnp.float32)
         new_top = jnp.maximum(top, jnp.max(x))
         return new_top, total * jnp.exp(top - new_top) + jnp.sum(jnp.exp(x - new_top))
 
-    top, total = jax.lax.fori_loop(0, pl.cdiv(vocab, block), step,
-                                   (jnp.float32(-jnp.inf), jnp.float32(0)))
-    lse_ref[...] = jnp.full((1,), top + jnp.log(total), jnp.float32)
+    top, total = jax.lax.fori_loop(0, pl.cdiv(vocab, block), step, (jnp.float32(-jnp.inf), jnp.float32(0)))
+    lse_ref[...] = top + jnp.log(total)
 
 
-def _grad_kernel(logits_ref, lse_ref, target_ref, scale_ref, grad_ref, *, vocab: int, block: int):
-    row = pl.program_id(0)
-    lse, target, scale = lse_ref[0], target_ref[0], scale_ref[0]
+def _grad_kernel(x_ref, lse_ref, target_ref, scale_ref, grad_ref, *, block: int):
+    """One row: x_ref and grad_ref [V], the others []."""
+    vocab = x_ref.shape[0]
+    lse, target, scale = lse_ref[...], target_ref[...], scale_ref[...]
 
-    def step(i, _):
+    @pl.loop(0, pl.cdiv(vocab, block))
+    def _(i):
         index = i * block + jnp.arange(block)
         inside = index < vocab
-        x = plt.load(logits_ref.at[row, pl.ds(i * block, block)], mask=inside, other=0).astype(jnp.float32)
+        x = plt.load(x_ref.at[index], mask=inside, other=0).astype(jnp.float32)
         grad = (jnp.exp(x - lse) - (index == target).astype(jnp.float32)) * scale
-        plt.store(grad_ref.at[row, pl.ds(i * block, block)], grad.astype(grad_ref.dtype), mask=inside)
-        return 0
-
-    jax.lax.fori_loop(0, pl.cdiv(vocab, block), step, 0)
+        plt.store(grad_ref.at[index], grad.astype(grad_ref.dtype), mask=inside)
 
 
-def _one_per_row():
-    return pl.BlockSpec((1,), lambda row: (row,))
-
-
-def _whole():
-    return pl.BlockSpec(memory_space=pl.ANY)
+def _per_row(kernel, out_shape, block: int):
+    """``kernel`` as a pallas_call on one row, mapped over the rows (vmap adds the grid), as JAX's own GPU
+    layer norm does."""
+    return jax.vmap(pl.pallas_call(functools.partial(kernel, block=block), out_shape=out_shape, grid=(),
+                                   compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),
+                                   interpret=_interpret()))
 
 
 def log_sum_exp(logits_NV, block: int = BLOCK_V):
     """[N] float32 log-sum-exp of each row of [N, V] logits, in one read."""
-    n, vocab = logits_NV.shape
-    return pl.pallas_call(
-        functools.partial(_lse_kernel, vocab=vocab, block=block),
-        out_shape=jax.ShapeDtypeStruct((n,), jnp.float32), grid=(n,),
-        in_specs=[_whole()], out_specs=_one_per_row(), interpret=_interpret())(logits_NV)
+    return _per_row(_lse_kernel, jax.ShapeDtypeStruct((), jnp.float32), block)(logits_NV)
 
 
 def nll_and_lse(logits_BTV, targets_BT):
@@ -89,11 +84,7 @@ def nll_backward(residuals, d_nll_BT, block: int = BLOCK_V):
     """loss.nll_backward in one read and one write of the logits."""
     logits_BTV, targets_BT, lse_BT = residuals
     logits_NV = logits_BTV.reshape(-1, logits_BTV.shape[-1])
-    n, vocab = logits_NV.shape
-    grad_NV = pl.pallas_call(
-        functools.partial(_grad_kernel, vocab=vocab, block=block),
-        out_shape=jax.ShapeDtypeStruct(logits_NV.shape, logits_NV.dtype), grid=(n,),
-        in_specs=[_whole(), _one_per_row(), _one_per_row(), _one_per_row()], out_specs=_whole(),
-        interpret=_interpret())(logits_NV, lse_BT.reshape(-1), targets_BT.reshape(-1).astype(jnp.int32),
-                                d_nll_BT.reshape(-1).astype(jnp.float32))
+    row = jax.ShapeDtypeStruct(logits_NV.shape[-1:], logits_NV.dtype)
+    grad_NV = _per_row(_grad_kernel, row, block)(logits_NV, lse_BT.reshape(-1), targets_BT.reshape(-1),
+                                                 d_nll_BT.reshape(-1).astype(jnp.float32))
     return grad_NV.reshape(logits_BTV.shape), None
