@@ -27,6 +27,7 @@ run on a GPU yet.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pallas_loss
 from head_shape import parse_head_shape
 
 from drope_jax.model import loss
@@ -63,15 +64,10 @@ def _scatter_bwd(residuals, d_nll_BT):
 VARIANTS = {"two_pass + iota (token_nll)": loss.token_nll,
             "one_pass + iota": loss.custom_nll(_one_pass_nll_and_lse, loss.nll_backward),
             "two_pass + scatter": loss.custom_nll(loss.nll_and_lse, _scatter_bwd),
-            "one_pass + scatter": loss.custom_nll(_one_pass_nll_and_lse, _scatter_bwd)}
-try:  # Pallas's Triton backend may be missing from a JAX build; the XLA rows run without it
-    import pallas_loss
-    VARIANTS.update({
-        "pallas lse + iota": loss.custom_nll(pallas_loss.nll_and_lse, loss.nll_backward),
-        "two_pass + pallas backward": loss.custom_nll(loss.nll_and_lse, pallas_loss.nll_backward),
-        "pallas lse + pallas backward": loss.custom_nll(pallas_loss.nll_and_lse, pallas_loss.nll_backward)})
-except ImportError as e:
-    print(f"no Pallas rows: {e}")
+            "one_pass + scatter": loss.custom_nll(_one_pass_nll_and_lse, _scatter_bwd),
+            "pallas lse + iota": loss.custom_nll(pallas_loss.nll_and_lse, loss.nll_backward),
+            "two_pass + pallas backward": loss.custom_nll(loss.nll_and_lse, pallas_loss.nll_backward),
+            "pallas lse + pallas backward": loss.custom_nll(pallas_loss.nll_and_lse, pallas_loss.nll_backward)}
 
 
 def main():
