@@ -204,6 +204,7 @@ def test_round4_committed_results_give_the_published_verdicts():
     assert round(report.gap(tables["24"], report.DROPE), 3) == 0.225
     assert tables["24"]["DroPE 12.5%"]["niah"]["2"] == (382, 960)  # correct, of 960 prompts: 0.40
     assert tables["24"]["NoPE"]["niah"]["2"] == (366, 960)  # 0.38: within DroPE's interval
+    assert tables["14"]["RNoPE-SWA"]["niah"]["2"] == (860, 960)  # 0.90: above YaRN's 741 at the same budget
 
 
 def test_round4_poll_stops_at_once_on_a_machine_without_the_run_and_packs_a_finished_one(tmp_path):
