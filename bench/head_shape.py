@@ -4,10 +4,12 @@ the paper's Table 4 (configs/0p5b_16b.py at 32 x 1024 tokens) by default."""
 import argparse
 
 
-def parse_head_shape(description: str) -> argparse.Namespace:
+def parse_head_shape(description: str, kernels: bool = False) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=1024)
     p.add_argument("--d_model", type=int, default=896)
     p.add_argument("--vocab", type=int, default=151_936)
+    if kernels:  # bench/loss_kernels.py: which kernels to sweep
+        p.add_argument("--kernels", default="lse,backward")
     return p.parse_args()

@@ -13,24 +13,23 @@ The backward's softmax - one_hot:
 - `scatter`: the pass writes softmax alone, and the target's entry of each row is set afterwards, to the same
   value computed in float32 (so the gradient is the same, bit for bit, where XLA computes exp alike).
 
-Both, and the backward, as Pallas (Triton) kernels of bench/pallas_loss.py: `pallas lse` reads each row once
-(online softmax, a block of the vocabulary at a time), `pallas backward` reads and writes it once.
+Both, and the backward, as the Pallas (Triton) kernels of drope_jax/model/loss_kernels.py: `pallas lse` reads
+each row once (online softmax, a block of the vocabulary at a time), `pallas backward` reads and writes it once;
+both together are loss.pallas_token_nll, what the train step runs on GPU.
 
 docs/performance.md's profile of the Table 4 step puts the forward's reductions at 6.7 ms and the backward's
-pass at 6.9 ms of its 52 ms head; this says what each change saves on the GPU before loss.py changes. Every
-variant's value and gradients are checked against token_nll's first. On one H200 (2026-12-04) none of the XLA
-rewrites did: token_nll 52.4 ms, the others 54.2 to 55.6 ms (docs/performance.md). The Pallas rows have not
-run on a GPU yet.
+pass at 6.9 ms of its 52 ms head; this says what each change saves. Every variant's value and gradients are
+checked against the XLA passes' (loss.xla_token_nll) first. On one H200 (2026-12-04) none of the XLA rewrites
+saved time (52.4 ms against 54.2 to 55.6 ms); the Pallas kernels did (docs/performance.md).
 """
 
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pallas_loss
 from head_shape import parse_head_shape
 
-from drope_jax.model import loss
+from drope_jax.model import loss, loss_kernels
 
 from timing import median_ms
 
@@ -61,13 +60,13 @@ def _scatter_bwd(residuals, d_nll_BT):
     return d_logits_BTV.at[b_BT, t_BT, targets_BT].set(d_target_BT), None
 
 
-VARIANTS = {"two_pass + iota (token_nll)": loss.token_nll,
+VARIANTS = {"two_pass + iota (XLA)": loss.xla_token_nll,
             "one_pass + iota": loss.custom_nll(_one_pass_nll_and_lse, loss.nll_backward),
             "two_pass + scatter": loss.custom_nll(loss.nll_and_lse, _scatter_bwd),
             "one_pass + scatter": loss.custom_nll(_one_pass_nll_and_lse, _scatter_bwd),
-            "pallas lse + iota": loss.custom_nll(pallas_loss.nll_and_lse, loss.nll_backward),
-            "two_pass + pallas backward": loss.custom_nll(loss.nll_and_lse, pallas_loss.nll_backward),
-            "pallas lse + pallas backward": loss.custom_nll(pallas_loss.nll_and_lse, pallas_loss.nll_backward)}
+            "pallas lse + iota": loss.custom_nll(loss_kernels.nll_and_lse, loss.nll_backward),
+            "two_pass + pallas backward": loss.custom_nll(loss.nll_and_lse, loss_kernels.nll_backward),
+            "pallas lse + pallas backward": loss.pallas_token_nll}
 
 
 def main():
@@ -84,7 +83,7 @@ def main():
         return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
 
     variants = {name: head_loss(nll) for name, nll in VARIANTS.items()}
-    value, grads = variants["two_pass + iota (token_nll)"](head_DV, x_BTD)
+    value, grads = variants["two_pass + iota (XLA)"](head_DV, x_BTD)
     print(f"{jax.devices()[0].device_kind} | batch {args.batch} x seq {args.seq_len} | d {args.d_model} "
           f"vocab {args.vocab} | loss {float(value):.4f}")
     for name, fn in variants.items():

@@ -11,9 +11,9 @@ the drift over the call:
   ([896, 1152]), its output split; the parameters and checkpoints are unchanged;
 - `swiglu_vjp`: silu(gate) * up with a hand-written backward (one pass over gate, up and the incoming
   gradient, writing both gradients) instead of autodiff's;
-- `both`;
-- `pallas_loss`: the loss's log-sum-exp and backward as bench/pallas_loss.py's kernels (`--variants=base,
-  pallas_loss,base`; bench/loss_variants.py times the head and loss alone).
+- `both`.
+(The loss's kernels are a config setting, not a variant here: `launch/benchmark.py ...
+--config.model.loss_backend=xla` times the step without them.)
 Every variant starts from the same initialization and data, so its loss after the timed steps must equal the
 first variant's (to 2e-3 relative); the bench stops with an error where it does not.
 tests/test_step_variants_bench.py checks the two rewrites against the model on CPU.
@@ -29,9 +29,8 @@ import jax
 import jax.numpy as jnp
 
 from drope_jax import sharding
-from drope_jax.model import loss, transformer
+from drope_jax.model import transformer
 from drope_jax.run_config import load_module
-from drope_jax.train import step
 
 
 def project_qkv_fused(self, x_BTD):
@@ -81,8 +80,6 @@ def mlp_swiglu_vjp(self, x_BTD):
 PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused)],
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
-_KERNELS = load_module(pathlib.Path(__file__).with_name("pallas_loss.py"))
-PATCHES["pallas_loss"] = [(step, "token_nll", loss.custom_nll(_KERNELS.nll_and_lse, _KERNELS.nll_backward))]
 PATCHES["base"] = []
 
 

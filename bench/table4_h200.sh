@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's Table 4 shape (configs/0p5b_16b.py) on one H200, each figure in one call with its peer:
-#   1. the train step at seq 1024 x batch 32 (launch/benchmark.py, through bench/gpu_perf.sh) against
+#   1. the train step at seq 1024 x batch 32 (launch/benchmark.py, through bench/gpu_perf.sh; then again with
+#      the loss on XLA instead of its Pallas kernels, --config.model.loss_backend=xla) against
 #      transformers' Qwen2ForCausalLM of the same shape (bench/hf_peer.py --shape=0p5b_16b): step time,
 #      tokens/s, MFU without and with the LM head;
 #   2. the real loop (launch/tpu_run.py on prepared data, batch 32): 25 RoPE steps, the flip (a checkpoint,
@@ -32,7 +33,7 @@ stage_data() {
 stage_data & data_pid=$!
 
 stamp "1. train step, drope-jax: configs/0p5b_16b.py at 1024 x 32"
-timeout 240 bash bench/gpu_perf.sh jax "" > "$OUT/step_jax.out" 2>&1
+timeout 330 bash bench/gpu_perf.sh jax "" "--config.model.loss_backend=xla" > "$OUT/step_jax.out" 2>&1
 stamp "1. train step, peer: Qwen2ForCausalLM at 1024 x 32"
 timeout 240 bash bench/gpu_perf.sh peer --shape=0p5b_16b --seq_len=1024 --batch=32 --steps=15 \
   > "$OUT/step_peer.out" 2>&1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where the Table 4 step's time goes and what the loss's rewrites save, in one call on one GPU (docs/performance.md):
-#   1. bench/loss_variants.py: the LM head + loss, seven ways, each checked against token_nll, then timed;
+#   1. bench/loss_variants.py: the LM head + loss, seven ways, each checked against the XLA passes, then timed;
 #   2. launch/benchmark.py with a trace and XLA's dump, then bench/profile_summary.py --hlo_dir: every kernel's
 #      time, and for each XLA fusion its shape and the JAX operation it came from.
 #

@@ -55,7 +55,7 @@ def _generate(params, prompt_BP, pos_table, teacher_BA, *, spec, pos, max_new_to
         first_logits_BV = logits_BPV[:, -1].astype(jnp.float32)
     else:
         logits_BTV, cache = run(jnp.concatenate([prompt_BP, teacher_BA], axis=1), cache=cache)
-        nll_BA = token_nll(logits_BTV[:, p - 1:-1], teacher_BA)
+        nll_BA = token_nll(logits_BTV[:, p - 1:-1], teacher_BA, spec.cfg.loss_backend)
         first_logits_BV = logits_BTV[:, p - 1].astype(jnp.float32)
     cache = dict(cache, length=jnp.int32(p))  # decoding continues from the prompt (teacher keys get overwritten)
 

@@ -23,7 +23,7 @@ def _nll(params, tokens_BT1, pos_table, *, spec: ModelSpec, pos: PosEncoding, us
          query_chunk: int | None):
     logits_BTV = apply(spec, params, tokens_BT1[:, :-1], pos, use_qk_norm=use_qk_norm, query_chunk=query_chunk,
                        pos_table=pos_table)
-    return token_nll(logits_BTV, tokens_BT1[:, 1:])
+    return token_nll(logits_BTV, tokens_BT1[:, 1:], spec.cfg.loss_backend)
 
 
 def full_batches(rows_N: np.ndarray, batch_size: int):

@@ -12,6 +12,7 @@ REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_saveab
                   "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/model/attention.py
+LOSS_BACKENDS = ("auto", "xla", "pallas")  # see drope_jax/model/loss.py
 
 
 def _field(kind: str, default=dataclasses.MISSING):
@@ -42,6 +43,7 @@ class ModelConfig:
     scan_unroll: int = _field("run", 1)  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
     # "auto": splash on TPU, cuDNN on GPU, XLA elsewhere, by the platform the step is compiled for
     attention_backend: str = _field("run", "auto")
+    loss_backend: str = _field("run", "auto")  # "auto": Pallas kernels on GPU (whole rows per device), else XLA
     init_std: float = _field("run", 0.02)
 
     @classmethod
@@ -87,7 +89,7 @@ class ModelConfig:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.dim_per_head}")
         for name, allowed in (("qk_norm", QK_NORM_KINDS), ("remat", REMAT_POLICIES),
                               ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
-                              ("attention_backend", ATTENTION_BACKENDS)):
+                              ("attention_backend", ATTENTION_BACKENDS), ("loss_backend", LOSS_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {tuple(allowed)}")
         return self

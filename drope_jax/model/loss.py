@@ -6,12 +6,23 @@ vocab) and makes three passes over it. Here the backward is one pass: it reads t
 own dtype and writes softmax - one_hot in that dtype (on an H100 the 0.5B step went from 205.8 to
 201.9 ms and from 45.9 to 42.9 GiB; docs/performance.md). tests/test_loss.py checks value and
 gradient against autodiff.
+
+On GPU the passes run as Pallas kernels (drope_jax/model/loss_kernels.py: the forward reads the logits once,
+not twice), under ``jax.shard_map`` with the sharding table's layout, since a kernel does not partition by
+itself. ``config.model.loss_backend`` picks: "auto" takes the kernels on GPU unless the vocabulary is split
+over the mesh (each row must be whole on its device), "xla" never, "pallas" always (Pallas's interpreter off
+the GPU, as the tests run it).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from drope_jax.model import loss_kernels
+from drope_jax.model.config import LOSS_BACKENDS
+from drope_jax.model.splash import target_platform
+from drope_jax.sharding import logical_to_spec
 
 
 def nll_and_lse(logits_BTV, targets_BT):
@@ -46,5 +57,36 @@ def custom_nll(forward, backward):
     return nll
 
 
-token_nll = custom_nll(nll_and_lse, nll_backward)
-token_nll.__doc__ = "Per-token negative log-likelihood [B, T], computed in float32 from logits of any float dtype."
+xla_token_nll = custom_nll(nll_and_lse, nll_backward)
+pallas_token_nll = custom_nll(loss_kernels.nll_and_lse, loss_kernels.nll_backward)
+
+_LOGITS = ("batch", "seq", "act_vocab")
+
+
+def loss_implementation(backend: str, logits_shape) -> str:
+    """"xla" or "pallas" for logits of ``logits_shape`` in the computation being traced."""
+    if backend not in LOSS_BACKENDS:
+        raise ValueError(f"loss backend {backend!r}: choose one of {LOSS_BACKENDS} (config.model.loss_backend)")
+    mesh = jax.sharding.get_abstract_mesh()
+    vocab_split = not mesh.empty and logical_to_spec(_LOGITS, logits_shape, mesh)[2] is not None
+    if backend == "pallas" and vocab_split:
+        raise ValueError("the Pallas loss needs whole rows of logits on each device, but the mesh's tensor axis "
+                         "splits the vocabulary: set config.model.loss_backend to 'xla' or 'auto'")
+    if backend != "auto":
+        return backend
+    # without a mesh in context, logits spread over several devices would be gathered in front of the kernel
+    whole_rows = not vocab_split and (not mesh.empty or jax.device_count() == 1)
+    return "pallas" if target_platform() == "gpu" and whole_rows else "xla"
+
+
+def token_nll(logits_BTV, targets_BT, backend: str = "auto"):
+    """Per-token negative log-likelihood [B, T], computed in float32 from logits of any float dtype."""
+    if loss_implementation(backend, logits_BTV.shape) == "xla":
+        return xla_token_nll(logits_BTV, targets_BT)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return pallas_token_nll(logits_BTV, targets_BT)
+    logits_spec = logical_to_spec(_LOGITS, logits_BTV.shape, mesh)
+    rows_spec = jax.sharding.PartitionSpec(*logits_spec[:2])
+    return jax.shard_map(pallas_token_nll, mesh=mesh, in_specs=(logits_spec, rows_spec), out_specs=rows_spec,
+                         check_vma=False)(logits_BTV, targets_BT)

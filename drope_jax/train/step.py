@@ -47,7 +47,7 @@ def loss_fn(params, batch, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bo
     logits_BTV = apply(spec, params, inputs["tokens"], pos, use_qk_norm=use_qk_norm,
                        positions_BT=inputs.get("positions"), segment_ids_BT=inputs.get("segment_ids"))
     with jax.named_scope("loss"):
-        return jnp.mean(token_nll(logits_BTV, batch["tokens"][:, 1:]))
+        return jnp.mean(token_nll(logits_BTV, batch["tokens"][:, 1:], spec.cfg.loss_backend))
 
 
 def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm: bool, grad_accum: int = 1,

@@ -1,16 +1,17 @@
-"""The loss's two passes over the logits as Pallas (Triton) kernels, one GPU program per row of the logits.
+"""The loss's two passes over the logits as Pallas (Triton) kernels for NVIDIA GPUs, one program per row.
 
-A candidate for drope_jax/model/loss.py, measured by bench/loss_variants.py before it goes there.
-docs/performance.md's profile of the Table 4 step has the loss's three passes over its 10 GB of bf16 logits
-at 13.7 ms: a max (2.5 ms), a sum of exponentials (4.3) and the backward's softmax - one_hot (6.9).
+drope_jax/model/loss.py runs them on GPU (``config.model.loss_backend``). Their XLA equivalents make three
+passes over the [B, T, V] logits (a max, a sum of exponentials, then the backward's softmax - one_hot); in the
+Table 4 step (10 GB of bf16 logits) those take 13.7 ms. Here:
 - `nll_and_lse`: one read of each row. It keeps a running max and a sum of exponentials rescaled to it
   (online softmax), a block of the vocabulary at a time, and returns the same (NLL, log-sum-exp) in float32 as
   loss.nll_and_lse.
-- `nll_backward`: one read and one write of each row. Its formula is loss.nll_backward's, in the logits'
-  dtype.
+- `nll_backward`: one read and one write of each row, loss.nll_backward's formula in the logits' dtype.
+On one H200 (2026-12-04, bench/loss_kernels.py, 32,768 x 151,936 bf16 logits) they take 3.1 and 5.4 ms against
+XLA's 6.0 and 6.6 ms; the block sizes and warps below are that sweep's fastest.
 
-Both take logits of any shape [..., V]; V need not be a power of two (the last block is masked). Off the GPU,
-they run in Pallas's interpreter: slow, but they compute the same values (tests/test_loss_kernels_bench.py).
+Both take logits of any shape [..., V]; V need not be a power of two (the last block is masked). Off the GPU
+they run in Pallas's interpreter: slow, but the same values (tests/test_loss_kernels.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-BLOCK_V = 4096  # vocabulary entries a program reads at a time (a power of two, as Triton needs)
-NUM_WARPS = 8  # jax.experimental.pallas.ops.gpu.layer_norm's choice for rows read in blocks of 4,096
+# (vocabulary entries a program reads at a time, a power of two as Triton needs; warps a program runs)
+LSE_BLOCK, LSE_WARPS = 4096, 4
+GRAD_BLOCK, GRAD_WARPS = 8192, 16
 
 
 def _interpret() -> bool:
@@ -59,17 +61,17 @@ def _grad_kernel(x_ref, lse_ref, target_ref, scale_ref, grad_ref, *, block: int)
         plt.store(grad_ref.at[index], grad.astype(grad_ref.dtype), mask=inside)
 
 
-def _per_row(kernel, out_shape, block: int):
+def _per_row(kernel, out_shape, block: int, num_warps: int):
     """``kernel`` as a pallas_call on one row, mapped over the rows (vmap adds the grid), as JAX's own GPU
     layer norm does."""
     return jax.vmap(pl.pallas_call(functools.partial(kernel, block=block), out_shape=out_shape, grid=(),
-                                   compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),
+                                   compiler_params=plt.CompilerParams(num_warps=num_warps),
                                    interpret=_interpret()))
 
 
-def log_sum_exp(logits_NV, block: int = BLOCK_V):
+def log_sum_exp(logits_NV, block: int = LSE_BLOCK, num_warps: int = LSE_WARPS):
     """[N] float32 log-sum-exp of each row of [N, V] logits, in one read."""
-    return _per_row(_lse_kernel, jax.ShapeDtypeStruct((), jnp.float32), block)(logits_NV)
+    return _per_row(_lse_kernel, jax.ShapeDtypeStruct((), jnp.float32), block, num_warps)(logits_NV)
 
 
 def nll_and_lse(logits_BTV, targets_BT):
@@ -80,11 +82,11 @@ def nll_and_lse(logits_BTV, targets_BT):
     return (lse_N - target_logit_N).reshape(targets_BT.shape), lse_N.reshape(targets_BT.shape)
 
 
-def nll_backward(residuals, d_nll_BT, block: int = BLOCK_V):
+def nll_backward(residuals, d_nll_BT, block: int = GRAD_BLOCK, num_warps: int = GRAD_WARPS):
     """loss.nll_backward in one read and one write of the logits."""
     logits_BTV, targets_BT, lse_BT = residuals
     logits_NV = logits_BTV.reshape(-1, logits_BTV.shape[-1])
     row = jax.ShapeDtypeStruct(logits_NV.shape[-1:], logits_NV.dtype)
-    grad_NV = _per_row(_grad_kernel, row, block)(logits_NV, lse_BT.reshape(-1), targets_BT.reshape(-1),
+    grad_NV = _per_row(_grad_kernel, row, block, num_warps)(logits_NV, lse_BT.reshape(-1), targets_BT.reshape(-1),
                                                  d_nll_BT.reshape(-1).astype(jnp.float32))
     return grad_NV.reshape(logits_BTV.shape), None
