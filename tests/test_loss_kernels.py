@@ -73,13 +73,14 @@ def test_the_backend_choice_names_the_fix_when_the_kernels_cannot_run():
                     loss_backend="triton").validate()
 
 
-def test_auto_takes_the_kernels_on_a_gpu_unless_the_vocabulary_is_split(monkeypatch):
+def test_auto_takes_the_kernels_on_a_single_gpu_only(monkeypatch):
     monkeypatch.setattr(loss, "target_platform", lambda: "gpu")
     shape = (8, 2, V)
-    with jax.set_mesh(sharding.make_mesh(data=2, fsdp=4)):
+    with jax.set_mesh(sharding.make_mesh(devices=jax.devices()[:1])):
         assert loss.loss_implementation("auto", shape) == "pallas"
-    with jax.set_mesh(sharding.make_mesh(fsdp=4, tensor=2)):
-        assert loss.loss_implementation("auto", shape) == "xla"
+    for mesh in (sharding.make_mesh(data=2, fsdp=4), sharding.make_mesh(fsdp=4, tensor=2)):
+        with jax.set_mesh(mesh):
+            assert loss.loss_implementation("auto", shape) == "xla"
     assert loss.loss_implementation("auto", shape) == "xla"  # 8 devices and no mesh: the rows may be spread
 
 

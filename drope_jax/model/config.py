@@ -43,7 +43,7 @@ class ModelConfig:
     scan_unroll: int = _field("run", 1)  # layers per iteration of the layer scan: >1 lets XLA fuse across layers
     # "auto": splash on TPU, cuDNN on GPU, XLA elsewhere, by the platform the step is compiled for
     attention_backend: str = _field("run", "auto")
-    loss_backend: str = _field("run", "auto")  # "auto": Pallas kernels on GPU (whole rows per device), else XLA
+    loss_backend: str = _field("run", "auto")  # "auto": Pallas kernels on a single GPU, else XLA (loss.py)
     init_std: float = _field("run", 0.02)
 
     @classmethod

@@ -7,11 +7,14 @@ own dtype and writes softmax - one_hot in that dtype (on an H100 the 0.5B step w
 201.9 ms and from 45.9 to 42.9 GiB; docs/performance.md). tests/test_loss.py checks value and
 gradient against autodiff.
 
-On GPU the passes run as Pallas kernels (drope_jax/model/loss_kernels.py: the forward reads the logits once,
-not twice), under ``jax.shard_map`` with the sharding table's layout, since a kernel does not partition by
-itself. ``config.model.loss_backend`` picks: "auto" takes the kernels on GPU unless the vocabulary is split
-over the mesh (each row must be whole on its device), "xla" never, "pallas" always (Pallas's interpreter off
-the GPU, as the tests run it).
+On one GPU the passes run as Pallas kernels (drope_jax/model/loss_kernels.py: the forward reads the logits
+once, not twice): the Table 4 step on one H200 went from 217.4 to 212.9 ms (docs/performance.md).
+``config.model.loss_backend`` picks: "auto" takes the kernels on a single GPU, "xla" never, "pallas" always
+(Pallas's interpreter off the GPU, as the tests run it). A kernel does not partition by itself, so on a mesh
+of several devices it runs under ``jax.shard_map`` with the sharding table's layout, and needs each row of
+logits whole on its device (no vocabulary split over the tensor axis). "auto" keeps XLA there: wrapped in
+shard_map even on a one-device mesh, the kernels saved nothing (217.4 against 216.4 ms), and on several GPUs
+they have not been measured.
 """
 
 from __future__ import annotations
@@ -74,9 +77,8 @@ def loss_implementation(backend: str, logits_shape) -> str:
                          "splits the vocabulary: set config.model.loss_backend to 'xla' or 'auto'")
     if backend != "auto":
         return backend
-    # without a mesh in context, logits spread over several devices would be gathered in front of the kernel
-    whole_rows = not vocab_split and (not mesh.empty or jax.device_count() == 1)
-    return "pallas" if target_platform() == "gpu" and whole_rows else "xla"
+    one_device = mesh.size == 1 if not mesh.empty else jax.device_count() == 1
+    return "pallas" if target_platform() == "gpu" and one_device else "xla"
 
 
 def token_nll(logits_BTV, targets_BT, backend: str = "auto"):
@@ -84,7 +86,7 @@ def token_nll(logits_BTV, targets_BT, backend: str = "auto"):
     if loss_implementation(backend, logits_BTV.shape) == "xla":
         return xla_token_nll(logits_BTV, targets_BT)
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    if mesh.empty or mesh.size == 1:
         return pallas_token_nll(logits_BTV, targets_BT)
     logits_spec = logical_to_spec(_LOGITS, logits_BTV.shape, mesh)
     rows_spec = jax.sharding.PartitionSpec(*logits_spec[:2])
