@@ -1,6 +1,6 @@
 """The loss's two passes over the logits as Pallas (Triton) kernels for NVIDIA GPUs, one program per row.
 
-drope_jax/model/loss.py runs them on GPU (``config.model.loss_backend``). Their XLA equivalents make three
+drope_jax/model/loss.py runs them on a single GPU (``config.model.loss_backend``). Their XLA equivalents make three
 passes over the [B, T, V] logits (a max, a sum of exponentials, then the backward's softmax - one_hot); in the
 Table 4 step (10 GB of bf16 logits) those take 13.7 ms. Here:
 - `nll_and_lse`: one read of each row. It keeps a running max and a sum of exponentials rescaled to it
