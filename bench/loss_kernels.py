@@ -45,7 +45,7 @@ def _row(name, fn, args, bytes_moved, want, rows):
 
 
 def main():
-    args = parse_head_shape(__doc__, kernels=True)
+    args = parse_head_shape(__doc__, kernels="lse,backward")
     n, v = args.batch * args.seq_len, args.vocab
     key_x, key_t = jax.random.split(jax.random.key(0))
     logits_NV = (4 * jax.random.normal(key_x, (n, v), jnp.float32)).astype(jnp.bfloat16)

@@ -95,6 +95,13 @@ def tree_shardings(logical_tree, abstract_tree, mesh):
                         logical_tree, abstract_tree, is_leaf=lambda x: isinstance(x, P))
 
 
+def target_platform() -> str:
+    """Where the computation being traced will run: the mesh's devices (TPU in an AOT compile on a CPU
+    host), else the default device. Picks the kernels of attention and of the loss."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return jax.devices()[0].platform if mesh.empty else mesh.abstract_device.platform
+
+
 def constrain(x, names):
     """Pins an activation's layout by logical names; a no-op outside a mesh context."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -74,7 +74,7 @@ def test_the_backend_choice_names_the_fix_when_the_kernels_cannot_run():
 
 
 def test_auto_takes_the_kernels_on_a_single_gpu_only(monkeypatch):
-    monkeypatch.setattr(loss, "target_platform", lambda: "gpu")
+    monkeypatch.setattr(sharding, "target_platform", lambda: "gpu")
     shape = (8, 2, V)
     with jax.set_mesh(sharding.make_mesh(devices=jax.devices()[:1])):
         assert loss.loss_implementation("auto", shape) == "pallas"

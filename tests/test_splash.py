@@ -11,7 +11,7 @@ import pytest
 
 from drope_jax import sharding
 from drope_jax.errors import ConfigError
-from drope_jax.model import attention, splash, state
+from drope_jax.model import attention, state
 from drope_jax.model.config import ModelConfig
 from drope_jax.model.positions import NOPE, PosEncoding, alibi_slopes
 
@@ -72,10 +72,10 @@ def test_model_with_splash_equals_model_with_xla():
 def test_auto_picks_splash_on_tpu_cudnn_on_gpu_xla_on_cpu(monkeypatch):
     choose = attention.choose_implementation
     assert choose("auto", jnp.bfloat16, 1024, has_bias=False, has_mask=False) == "xla"  # this CPU
-    monkeypatch.setattr(splash, "target_platform", lambda: "tpu")
+    monkeypatch.setattr(sharding, "target_platform", lambda: "tpu")
     assert choose("auto", jnp.bfloat16, 1024, has_bias=False, has_mask=True) == "splash"
     assert choose(None, jnp.float32, 1024, has_bias=False, has_mask=False) == "splash"
-    monkeypatch.setattr(splash, "target_platform", lambda: "gpu")
+    monkeypatch.setattr(sharding, "target_platform", lambda: "gpu")
     assert choose("auto", jnp.bfloat16, 1024, has_bias=False, has_mask=False) == "cudnn"
     assert choose("auto", jnp.bfloat16, 1024, has_bias=True, has_mask=False) == "cudnn"  # ALiBi
     assert choose("auto", jnp.bfloat16, 1024, has_bias=False, has_mask=True) == "xla"

@@ -33,6 +33,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from drope_jax import sharding
 from drope_jax.model import splash
 from drope_jax.model.config import ATTENTION_BACKENDS
 
@@ -53,7 +54,7 @@ def choose_implementation(implementation: str | None, dtype, seq_len: int, *, ha
         raise ValueError(f"attention implementation {implementation!r}: choose one of {ATTENTION_BACKENDS} "
                          "(config.model.attention_backend)")
     if implementation in (None, "auto"):
-        platform = splash.target_platform()
+        platform = sharding.target_platform()
         if platform != "tpu":
             return default_implementation(dtype, has_mask=has_mask, platform=platform)
         implementation = "splash"

@@ -22,9 +22,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from drope_jax import sharding
 from drope_jax.model import loss_kernels
 from drope_jax.model.config import LOSS_BACKENDS
-from drope_jax.model.splash import target_platform
 from drope_jax.sharding import logical_to_spec
 
 
@@ -78,7 +78,7 @@ def loss_implementation(backend: str, logits_shape) -> str:
     if backend != "auto":
         return backend
     one_device = mesh.size == 1 if not mesh.empty else jax.device_count() == 1
-    return "pallas" if target_platform() == "gpu" and one_device else "xla"
+    return "pallas" if sharding.target_platform() == "gpu" and one_device else "xla"
 
 
 def token_nll(logits_BTV, targets_BT, backend: str = "auto"):

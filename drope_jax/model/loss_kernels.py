@@ -23,13 +23,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
+from drope_jax.sharding import target_platform
+
 # (vocabulary entries a program reads at a time, a power of two as Triton needs; warps a program runs)
 LSE_BLOCK, LSE_WARPS = 4096, 4
 GRAD_BLOCK, GRAD_WARPS = 8192, 16
-
-
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
 
 
 def _lse_kernel(x_ref, lse_ref, *, block: int):
@@ -66,7 +64,7 @@ def _per_row(kernel, out_shape, block: int, num_warps: int):
     layer norm does."""
     return jax.vmap(pl.pallas_call(functools.partial(kernel, block=block), out_shape=out_shape, grid=(),
                                    compiler_params=plt.CompilerParams(num_warps=num_warps),
-                                   interpret=_interpret()))
+                                   interpret=target_platform() != "gpu"))
 
 
 def log_sum_exp(logits_NV, block: int = LSE_BLOCK, num_warps: int = LSE_WARPS):

@@ -13,20 +13,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
-from drope_jax.sharding import logical_to_spec
+from drope_jax.sharding import logical_to_spec, target_platform
 
 BLOCK = 128  # the kernel's tiles are multiples of the 128 TPU lanes
 
 
 def supports(seq_len: int) -> bool:
     return seq_len % BLOCK == 0
-
-
-def target_platform() -> str:
-    """Where the computation being traced will run: the mesh's devices (TPU in an AOT compile on a CPU
-    host), else the default device."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return jax.devices()[0].platform if mesh.empty else mesh.abstract_device.platform
 
 
 def _kernel(num_heads: int, seq_len: int, window: int | None, interpret: bool):
