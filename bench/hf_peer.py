@@ -33,21 +33,13 @@ SHAPES = {
 }
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--shape", default="0p5b_16b", choices=sorted(SHAPES))
-    p.add_argument("--seq_len", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--no_compile", action="store_true")
-    args = p.parse_args()
-
-    config_cls, model_cls, fields, (betas, weight_decay) = SHAPES[args.shape]
-    cfg = config_cls(**fields, max_position_embeddings=args.seq_len, attn_implementation="sdpa")
+def build(shape: str, seq_len: int, batch: int, compile_model: bool = True):
+    """The peer's model, optimizer and step on the current CUDA device: (step(tokens) -> loss, two token batches,
+    facts for the report). bench/step_variants.py --peer interleaves this step with drope-jax's in one process."""
+    config_cls, model_cls, fields, (betas, weight_decay) = SHAPES[shape]
+    cfg = config_cls(**fields, max_position_embeddings=seq_len, attn_implementation="sdpa")
     model = model_cls(cfg).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=betas, eps=1e-8, weight_decay=weight_decay, fused=True)
-    n_layers, d = cfg.num_hidden_layers, cfg.hidden_size
     n_non_embedding = sum(p.numel() for n, p in model.named_parameters()
                           if "embed_tokens" not in n and "lm_head" not in n)
 
@@ -60,9 +52,25 @@ def main():
         opt.zero_grad(set_to_none=True)
         return loss
 
-    if not args.no_compile:
+    if compile_model:
         model.forward = torch.compile(model.forward)
-    batches = [torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), device="cuda") for _ in range(2)]
+    batches = [torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), device="cuda") for _ in range(2)]
+    facts = {"model": model_cls.__name__, "n_layers": cfg.num_hidden_layers, "d": cfg.hidden_size,
+             "vocab": cfg.vocab_size, "n_non_embedding": n_non_embedding}
+    return step, batches, facts
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="0p5b_16b", choices=sorted(SHAPES))
+    p.add_argument("--seq_len", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--no_compile", action="store_true")
+    args = p.parse_args()
+
+    step, batches, facts = build(args.shape, args.seq_len, args.batch, not args.no_compile)
     for i in range(args.warmup):
         step(batches[i % 2])
     torch.cuda.synchronize()
@@ -76,15 +84,15 @@ def main():
     tokens_per_sec = args.batch * args.seq_len / step_time
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-    flops_per_token = 6 * n_non_embedding + 12 * n_layers * d * args.seq_len
-    head_flops_per_token = 6 * d * cfg.vocab_size
+    flops_per_token = 6 * facts["n_non_embedding"] + 12 * facts["n_layers"] * facts["d"] * args.seq_len
+    head_flops_per_token = 6 * facts["d"] * facts["vocab"]
     mfu = None if peak is None else tokens_per_sec * flops_per_token / peak
     mfu_head = None if peak is None else tokens_per_sec * (flops_per_token + head_flops_per_token) / peak
-    r = {"device": name, "torch": torch.__version__, "shape": args.shape, "model": model_cls.__name__,
+    r = {"device": name, "torch": torch.__version__, "shape": args.shape, "model": facts["model"],
          "compile": not args.no_compile, "seq_len": args.seq_len, "batch": args.batch, "step_time_s": step_time,
          "tokens_per_sec": tokens_per_sec, "mfu": mfu, "mfu_with_lm_head": mfu_head,
          "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "final_loss": float(loss)}
-    print(f"HF peer ({model_cls.__name__}, {args.shape}) on {name}: seq {args.seq_len} x batch {args.batch} | "
+    print(f"HF peer ({facts['model']}, {args.shape}) on {name}: seq {args.seq_len} x batch {args.batch} | "
           f"step {step_time * 1e3:.1f} ms | {tokens_per_sec:,.0f} tokens/s | MFU {mfu:.1%} ({mfu_head:.1%} with the "
           f"LM head) | peak {r['peak_memory_gib']:.1f} GiB")
     print("RESULT " + json.dumps(r))

@@ -18,30 +18,10 @@ from head_shape import parse_head_shape
 
 from drope_jax.model import loss, loss_kernels
 
-from timing import median_ms
+from timing import timed_row
 
 BLOCKS = (1024, 2048, 4096, 8192)
 WARPS = (4, 8, 16)
-
-
-@jax.jit
-def _max_error(got, want):
-    """(max |got - want|, max |want|), on the device: float32 copies of the gradient would not fit the host."""
-    return jnp.max(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32))), jnp.max(jnp.abs(want))
-
-
-def _row(name, fn, args, bytes_moved, want, rows):
-    try:
-        error, scale = map(float, _max_error(fn(*args), want))
-        # bf16 roundings of the gradient differ; the float32 log-sum-exp differs only in the order of its sums
-        tolerance = (1e-5 if want.dtype == jnp.float32 else 1e-2) * scale
-        assert error <= tolerance, f"max error {error:.3g} over {tolerance:.3g}"
-        ms = median_ms(fn, *args)
-    except Exception as e:  # noqa: BLE001
-        print(f"  {name:50s} failed: {str(e).splitlines()[0][:160]}", flush=True)
-        return
-    print(f"  {name:50s} {ms:7.2f} ms  {bytes_moved / ms / 1e9:5.2f} TB/s", flush=True)
-    rows.append((ms, name))
 
 
 def main():
@@ -58,10 +38,10 @@ def main():
     lse_N = xla_lse(logits_NV)
     want_lse = lse_N
     lse_rows = []
-    _row("XLA log-sum-exp (loss.nll_and_lse's)", xla_lse, (logits_NV,), size, want_lse, lse_rows)
+    timed_row("XLA log-sum-exp (loss.nll_and_lse's)", xla_lse, (logits_NV,), size, want_lse, lse_rows)
     for block, warps in itertools.product(BLOCKS, WARPS) if "lse" in args.kernels else ():
         fn = jax.jit(lambda x, b=block, w=warps: loss_kernels.log_sum_exp(x, b, w))
-        _row(f"pallas log-sum-exp, block {block}, {warps} warps", fn, (logits_NV,), size, want_lse, lse_rows)
+        timed_row(f"pallas log-sum-exp, block {block}, {warps} warps", fn, (logits_NV,), size, want_lse, lse_rows)
 
     def backward(fn):
         return jax.jit(lambda x, t, lse, d: fn((x, t, lse), d)[0])
@@ -69,11 +49,11 @@ def main():
     grad_args = (logits_NV, targets_N, lse_N, d_nll_N)
     want_grad = backward(loss.nll_backward)(*grad_args)
     grad_rows = []
-    _row("XLA backward (loss.nll_backward)", backward(loss.nll_backward), grad_args, 2 * size, want_grad,
+    timed_row("XLA backward (loss.nll_backward)", backward(loss.nll_backward), grad_args, 2 * size, want_grad,
          grad_rows)
     for block, warps in itertools.product(BLOCKS, WARPS) if "backward" in args.kernels else ():
         fn = backward(lambda r, d, b=block, w=warps: loss_kernels.nll_backward(r, d, b, w))
-        _row(f"pallas backward, block {block}, {warps} warps", fn, grad_args, 2 * size, want_grad, grad_rows)
+        timed_row(f"pallas backward, block {block}, {warps} warps", fn, grad_args, 2 * size, want_grad, grad_rows)
     print("BEST " + json.dumps({"log_sum_exp": min(lse_rows), "backward": min(grad_rows)}))
 
 

@@ -56,6 +56,7 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
     data = ProfileData.from_file(paths[-1])
     origins = fusion_origins(hlo_dir) if hlo_dir else {}
     by_kind, by_kernel, by_family, launches = (collections.Counter() for _ in range(4))
+    intervals = []  # (start, end, kernel) of every kernel on GPU 0, for the idle time between them
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU:0"):
             continue
@@ -63,6 +64,7 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
             if not line.name.startswith("Stream"):
                 continue
             for event in line.events:
+                intervals.append((event.start_ns, event.start_ns + event.duration_ns, event.name))
                 kernel, ms = event.name, event.duration_ns / 1e6 / steps  # a fusion's kernel carries its name
                 by_kind[kind_of(kernel)] += ms
                 by_kernel[kernel] += ms
@@ -75,6 +77,7 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
     print(f"GPU kernel time per step: {total:.1f} ms (sum over streams, {steps} traced steps, {paths[-1]})")
     for kind, ms in by_kind.most_common():
         print(f"  {kind:20s} {ms:8.2f} ms  {ms / total:6.1%}")
+    print_idle(intervals, steps)
     print(f"\ntop {top} kernel families (numbered copies summed; ms per step):")
     for family, ms in by_family.most_common(top):
         print(f"  {ms:8.2f} ms  {family[:110]}")
@@ -85,6 +88,24 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
         print(f"  {ms:8.2f} ms  x{launches[kernel] / steps:<5.0f} {kernel[:110]}")
         if origin:
             print(f"{'':20}{origin[:200]}")
+
+
+def print_idle(intervals, steps: int, top: int = 12) -> None:
+    """The GPU's idle time within the trace (its span less the union of kernel intervals, over all streams),
+    and the longest idle stretches with the kernels either side: where the host or a dependency stalls it."""
+    intervals.sort()
+    gaps, busy_until, last = [], intervals[0][1], intervals[0][2]
+    for start, end, name in intervals[1:]:
+        if start > busy_until:
+            gaps.append(((start - busy_until) / 1e6, last, name))
+        if end > busy_until:
+            busy_until, last = end, name
+    span_ms = (busy_until - intervals[0][0]) / 1e6
+    idle_ms = sum(g for g, _, _ in gaps)
+    print(f"\nGPU idle: {idle_ms / steps:.2f} ms per step of a {span_ms / steps:.1f} ms span "
+          f"({len(gaps) / steps:.0f} idle stretches a step); the longest (ms, after -> before):")
+    for ms, after, before in sorted(gaps, reverse=True)[:top]:
+        print(f"  {ms:7.3f}  {after[:60]} -> {before[:60]}")
 
 
 def main():

@@ -1,36 +1,56 @@
-"""The whole train step with the transformer's body written other ways, timed in one process on one GPU.
+"""The whole train step with the transformer's body written other ways, interleaved in one process on one GPU.
 
-  python bench/step_variants.py [--config=configs/0p5b_16b.py] [--batch=32] [--seq_len=1024] [--steps=15]
+  python bench/step_variants.py [--variants=base,qkv_fused] [--peer] [--rounds=6] [--steps=10] \
+      [--profile_dir=DIR] [--config=configs/0p5b_16b.py] [--batch=32] [--seq_len=1024]
 
-docs/performance.md's profile of the Table 4 step puts about 20 ms in the SwiGLU's element-wise work, and the
-key and value projections are small matrix products (896 x 128 each).
-Each variant replaces one method of the model for the duration of its run, then launch/benchmark.py's
-`benchmark` times the step (median after warm-up); `base` runs first and last, so its two figures show
-the drift over the call:
+A step's median drifts by 3 to 4 ms between runs on one H200 even within a process (docs/performance.md), as
+much as a rewrite saves. So every variant is compiled first, then timed in rounds: each round runs every
+variant (and with --peer, the PyTorch peer of bench/hf_peer.py in the same process) for --steps steps, so
+drift hits all of them alike. The report gives each one's median over all its timed steps, its median per
+round, and the peer's step over each variant's, per round (the median of those ratios is the figure to quote).
+One train state threads through all variants: each computes the same function, so it trains on.
+Before timing, each variant takes one step from the same initial state: its loss and gradient norm must
+equal the first variant's (to 1e-3 relative), or the bench stops.
+With --profile_dir, each variant then traces 3 steps into DIR/<variant> (bench/profile_summary.py reads them).
+
+Variants (each replaces one method of the model while it is traced; parameters and checkpoints unchanged):
+- `base`: the model as it is;
 - `qkv_fused`: one matrix product with the query, key and value weights concatenated on the fly
-  ([896, 1152]), its output split; the parameters and checkpoints are unchanged;
+  ([896, 1152]), its output split, so the backward's input gradient is one product too;
 - `swiglu_vjp`: silu(gate) * up with a hand-written backward (one pass over gate, up and the incoming
   gradient, writing both gradients) instead of autodiff's;
-- `both`.
-(The loss's kernels are a config setting, not a variant here: `launch/benchmark.py ...
---config.model.loss_backend=xla` times the step without them.)
-Every variant starts from the same initialization and data, so its loss after the timed steps must equal the
-first variant's (to 2e-3 relative); the bench stops with an error where it does not.
-tests/test_step_variants_bench.py checks the two rewrites against the model on CPU.
+- `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly);
+- `both`: `qkv_fused` and `swiglu_vjp`;
+- `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
+- `xla_kernels`: that and config.model.loss_backend="xla" (no Pallas kernel at all).
+tests/test_step_variants_bench.py checks the rewrites against the model on CPU.
 """
+
+import os
+
+if "--peer" in os.sys.argv:  # JAX's pool takes 46% of the GPU (its step peaks at 55 GiB of 140), the peer the rest
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.46")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import argparse
 import contextlib
+import copy
+import functools
+import itertools
 import json
 import pathlib
+import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from drope_jax import sharding
 from drope_jax.model import transformer
 from drope_jax.run_config import load_module
+from drope_jax.train.setup import make_setup
 
 
 def project_qkv_fused(self, x_BTD):
@@ -77,10 +97,21 @@ def mlp_swiglu_vjp(self, x_BTD):
     return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
 
+def mlp_gate_up_fused(self, x_BTD):
+    dt = x_BTD.dtype
+    gate_up_DCF = jnp.stack([self.gate_DF[...], self.up_DF[...]], axis=1).astype(dt)
+    gate_up_BTCF = jnp.einsum("BTD,DCF->BTCF", x_BTD, gate_up_DCF)
+    h_BTF = sharding.constrain(jax.nn.silu(gate_up_BTCF[:, :, 0]) * gate_up_BTCF[:, :, 1], ("batch", "seq", "act_mlp"))
+    return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
+
+
 PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused)],
-           "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)]}
+           "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
+           "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["base"] = []
+# Variants that change a config setting instead of a method.
+CONFIG_VARIANTS = {"xla_mlp": {"mlp_backend": "xla"}, "xla_kernels": {"mlp_backend": "xla", "loss_backend": "xla"}}
 
 
 @contextlib.contextmanager
@@ -95,33 +126,124 @@ def patched(variant):
             setattr(cls, name, fn)
 
 
+def variant_setup(config, variant, mesh):
+    variant_config = copy.deepcopy(config)
+    variant_config.model.update(CONFIG_VARIANTS.get(variant, {}))
+    return make_setup(variant_config, mesh)
+
+
+def compile_variants(setups, state, batch):
+    compiled = {}
+    for variant, setup in setups.items():
+        with patched(variant if variant in PATCHES else "base"):
+            compiled[variant] = setup.phase_step("rope").lower(state, batch).compile()
+    return compiled
+
+
+def check_variants(compiled, setup, batch):
+    """One step of each variant from the same initial state: the same loss and gradient norm."""
+    first = None
+    for variant, step in compiled.items():
+        _, m = step(setup.fresh_state(), batch)
+        got = (float(m["loss"]), float(m["grad_norm"]))
+        print(f"{variant:14s} first step: loss {got[0]:.6f}, gradient norm {got[1]:.6f}", flush=True)
+        first = first or got
+        if any(abs(g / f - 1) > 1e-3 for g, f in zip(got, first)):
+            sys.exit(f"error: {variant}'s first step (loss, gradient norm) {got} differs from "
+                     f"{next(iter(compiled))}'s {first}")
+
+
+def timed_steps(run, n):
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="configs/0p5b_16b.py")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--variants", default="base,qkv_fused,swiglu_vjp,both,base")
+    p.add_argument("--variants", default="base,xla_mlp,xla_kernels")
+    p.add_argument("--peer", action="store_true", help="interleave bench/hf_peer.py's step (shape 0p5b_16b)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=10, help="timed steps of each variant per round")
+    p.add_argument("--profile_dir", default="")
     args = p.parse_args()
     config = load_module(args.config).get_config()
     config.train.global_batch_size = args.batch
     config.data.seq_len = args.seq_len
     variants = args.variants.split(",")
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "launch"))
-    from benchmark import benchmark  # launch/benchmark.py's absl flags are defined on import: here, not in a test
+    if unknown := [v for v in variants if v not in PATCHES and v not in CONFIG_VARIANTS]:
+        sys.exit(f"error: unknown variants {unknown}; choose from {sorted(PATCHES) + sorted(CONFIG_VARIANTS)}")
 
-    first_loss = None
-    for variant in variants:
-        with patched(variant):
-            r = benchmark(config, args.steps, 3, "rope")
-        print(f"{variant:12s} step {r['step_time_s'] * 1e3:6.1f} ms (min {r['step_time_min_s'] * 1e3:.1f}, max "
-              f"{r['step_time_max_s'] * 1e3:.1f}) | {r['tokens_per_sec']:,.0f} tokens/s | peak memory "
-              f"{r['peak_memory_gib']:.1f} GiB | loss after {args.steps + 3} steps {r['final_loss']:.4f}", flush=True)
-        print("RESULT " + json.dumps({"variant": variant, **r}), flush=True)
-        if first_loss is None:
-            first_loss = r["final_loss"]
-        if abs(r["final_loss"] / first_loss - 1) > 2e-3:
-            sys.exit(f"error: {variant}'s loss {r['final_loss']} differs from {variants[0]}'s {first_loss}")
+    setup = make_setup(config)
+    setups = {v: variant_setup(config, v, setup.mesh) for v in variants}
+    rng = np.random.default_rng(0)
+    with jax.set_mesh(setup.mesh):
+        batches = [{"tokens": sharding.host_batch_to_global(rng.integers(
+            0, setup.plan.model.vocab_size, (args.batch, args.seq_len + 1), dtype=np.int32), setup.mesh)}
+            for _ in range(2)]
+        compiled = compile_variants(setups, setup.fresh_state(), batches[0])
+        check_variants(compiled, setup, batches[0])
+        state = setup.fresh_state()
+
+        count = itertools.count()  # steps alternate between the two batches
+
+        def jax_step(variant):
+            nonlocal state
+            state, m = compiled[variant](state, batches[next(count) % 2])
+            jax.block_until_ready(m)
+
+        runners = {v: functools.partial(jax_step, v) for v in variants}
+        for run in runners.values():
+            run()  # warm-up: first-call allocation
+        if args.peer:
+            sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+            import hf_peer
+            import torch
+
+            peer_step, peer_batches, _ = hf_peer.build("0p5b_16b", args.seq_len, args.batch)
+
+            def run_peer():
+                peer_step(peer_batches[next(count) % 2])
+                torch.cuda.synchronize()
+
+            timed_steps(run_peer, 5)  # warm-up: torch.compile
+            runners["peer"] = run_peer
+
+        times = {name: [] for name in runners}
+        for r in range(args.rounds):
+            for name, run in runners.items():
+                times[name].append(timed_steps(run, args.steps))
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{n} {statistics.median(t[-1]) * 1e3:.1f} ms" for n, t in times.items()), flush=True)
+
+        if args.profile_dir:
+            for v in variants:
+                with jax.profiler.trace(os.path.join(args.profile_dir, v)):
+                    for _ in range(3):
+                        jax_step(v)
+        peak_gib = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices()) / 2**30
+
+    tokens = args.batch * args.seq_len
+    print(f"\n{jax.devices()[0].device_kind} | seq {args.seq_len} x batch {args.batch} | {args.rounds} rounds of "
+          f"{args.steps} steps each | JAX peak memory {peak_gib:.1f} GiB")
+    for name, rounds in times.items():
+        all_ms = [t * 1e3 for rnd in rounds for t in rnd]
+        per_round = [statistics.median(rnd) * 1e3 for rnd in rounds]
+        line = (f"{name:14s} step {statistics.median(all_ms):6.1f} ms (rounds {min(per_round):.1f} to "
+                f"{max(per_round):.1f}) | {tokens / statistics.median(all_ms) * 1e3:,.0f} tokens/s")
+        result = {"name": name, "step_ms": statistics.median(all_ms), "round_ms": per_round}
+        if "peer" in times and name != "peer":
+            ratios = [pr / vr for pr, vr in zip((statistics.median(rnd) * 1e3 for rnd in times["peer"]), per_round)]
+            line += f" | peer / this: {statistics.median(ratios):.3f}x (rounds {min(ratios):.3f} to {max(ratios):.3f})"
+            result["peer_ratio_per_round"] = ratios
+        print(line)
+        print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The one timing rule of the benches: the median of ``calls`` calls after ``warmup`` untimed ones."""
+"""The one timing rule of the benches (the median of ``calls`` calls after ``warmup`` untimed ones), and a kernel
+sweep's checked, timed row."""
 
 import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 
 
 def median_ms(fn, *args, calls: int = 10, warmup: int = 3) -> float:
@@ -16,3 +18,29 @@ def median_ms(fn, *args, calls: int = 10, warmup: int = 3) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+@jax.jit
+def _max_error(got, want):
+    """(max |got - want|, max |want|) over the arrays of two pytrees, on the device: float32 copies of a
+    gradient would not fit the host."""
+    pairs = list(zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
+    error = jnp.max(jnp.stack([jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))) for g, w in pairs]))
+    return error, jnp.max(jnp.stack([jnp.max(jnp.abs(w)) for _, w in pairs]))
+
+
+def timed_row(name, fn, args, bytes_moved, want, rows):
+    """Checks ``fn(*args)`` against ``want`` (bf16 results to 1e-2 of their largest magnitude, float32 to 1e-5),
+    then times it and prints its rate over ``bytes_moved``; appends (ms, name) to ``rows``. A failure to compile
+    or to match costs the row, not the sweep."""
+    try:
+        error, scale = map(float, _max_error(fn(*args), want))
+        # bf16 roundings of the gradient differ; the float32 log-sum-exp differs only in the order of its sums
+        tolerance = (1e-5 if jax.tree.leaves(want)[0].dtype == jnp.float32 else 1e-2) * scale
+        assert error <= tolerance, f"max error {error:.3g} over {tolerance:.3g}"
+        ms = median_ms(fn, *args)
+    except Exception as e:  # noqa: BLE001
+        print(f"  {name:50s} failed: {str(e).splitlines()[0][:160]}", flush=True)
+        return
+    print(f"  {name:50s} {ms:7.2f} ms  {bytes_moved / ms / 1e9:5.2f} TB/s", flush=True)
+    rows.append((ms, name))

@@ -102,6 +102,18 @@ def target_platform() -> str:
     return jax.devices()[0].platform if mesh.empty else mesh.abstract_device.platform
 
 
+def kernel_implementation(backend: str, setting: str) -> str:
+    """"xla" or "pallas" for a kernel setting (``setting`` names it in errors): "auto" takes Pallas on a single
+    GPU only, where it was measured faster and needs no shard_map."""
+    if backend not in ("auto", "xla", "pallas"):
+        raise ValueError(f"{setting}={backend!r}: choose one of ('auto', 'xla', 'pallas')")
+    if backend != "auto":
+        return backend
+    mesh = jax.sharding.get_abstract_mesh()
+    one_device = mesh.size == 1 if not mesh.empty else jax.device_count() == 1
+    return "pallas" if target_platform() == "gpu" and one_device else "xla"
+
+
 def constrain(x, names):
     """Pins an activation's layout by logical names; a no-op outside a mesh context."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -51,3 +51,13 @@ def test_the_train_steps_fusions_name_the_part_of_the_model_they_belong_to(tmp_p
     for scope in ("attention", "mlp", "lm_head", "loss"):  # in the layer scan: .../attention/...; else jvp(loss)
         named = [n for n in op_names if f"/{scope}/" in n or f"({scope})" in n]
         assert any("transpose" in n for n in named) and any("transpose" not in n for n in named), scope
+
+
+def test_idle_time_counts_only_when_no_stream_runs_a_kernel(capsys):
+    ms = 10**6  # the trace's times are in ns
+    # two streams: b overlaps a (no idle), then 2 ms idle before c, 1 ms before d; two steps traced
+    SUMMARY.print_idle([(0, 10 * ms, "a"), (5 * ms, 20 * ms, "b"), (22 * ms, 30 * ms, "c"), (31 * ms, 40 * ms, "d")],
+                       steps=2)
+    out = capsys.readouterr().out
+    assert "GPU idle: 1.50 ms per step of a 20.0 ms span (1 idle stretches a step)" in out
+    assert out.index("2.000  b -> c") < out.index("1.000  c -> d")

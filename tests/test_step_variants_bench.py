@@ -32,3 +32,4 @@ def test_the_fused_query_key_value_projection_equals_the_models():
     for got, want in zip(BENCH.project_qkv_fused(attention, x_BTD), attention._project_qkv(x_BTD)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+

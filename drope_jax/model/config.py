@@ -12,7 +12,7 @@ REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_saveab
                   "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/model/attention.py
-LOSS_BACKENDS = ("auto", "xla", "pallas")  # see drope_jax/model/loss.py
+KERNEL_BACKENDS = ("auto", "xla", "pallas")  # Pallas kernels or XLA: see loss.py and mlp_kernels.py
 
 
 def _field(kind: str, default=dataclasses.MISSING):
@@ -44,6 +44,7 @@ class ModelConfig:
     # "auto": splash on TPU, cuDNN on GPU, XLA elsewhere, by the platform the step is compiled for
     attention_backend: str = _field("run", "auto")
     loss_backend: str = _field("run", "auto")  # "auto": Pallas kernels on a single GPU, else XLA (loss.py)
+    mlp_backend: str = _field("run", "auto")  # the SwiGLU's backward, chosen the same way (mlp_kernels.py)
     init_std: float = _field("run", 0.02)
 
     @classmethod
@@ -89,7 +90,8 @@ class ModelConfig:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.dim_per_head}")
         for name, allowed in (("qk_norm", QK_NORM_KINDS), ("remat", REMAT_POLICIES),
                               ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
-                              ("attention_backend", ATTENTION_BACKENDS), ("loss_backend", LOSS_BACKENDS)):
+                              ("attention_backend", ATTENTION_BACKENDS), ("loss_backend", KERNEL_BACKENDS),
+                              ("mlp_backend", KERNEL_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {tuple(allowed)}")
         return self

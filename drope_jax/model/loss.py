@@ -24,7 +24,6 @@ import jax.numpy as jnp
 
 from drope_jax import sharding
 from drope_jax.model import loss_kernels
-from drope_jax.model.config import LOSS_BACKENDS
 from drope_jax.sharding import logical_to_spec
 
 
@@ -68,17 +67,12 @@ _LOGITS = ("batch", "seq", "act_vocab")
 
 def loss_implementation(backend: str, logits_shape) -> str:
     """"xla" or "pallas" for logits of ``logits_shape`` in the computation being traced."""
-    if backend not in LOSS_BACKENDS:
-        raise ValueError(f"loss backend {backend!r}: choose one of {LOSS_BACKENDS} (config.model.loss_backend)")
+    implementation = sharding.kernel_implementation(backend, "config.model.loss_backend")
     mesh = jax.sharding.get_abstract_mesh()
-    vocab_split = not mesh.empty and logical_to_spec(_LOGITS, logits_shape, mesh)[2] is not None
-    if backend == "pallas" and vocab_split:
+    if backend == "pallas" and not mesh.empty and logical_to_spec(_LOGITS, logits_shape, mesh)[2] is not None:
         raise ValueError("the Pallas loss needs whole rows of logits on each device, but the mesh's tensor axis "
                          "splits the vocabulary: set config.model.loss_backend to 'xla' or 'auto'")
-    if backend != "auto":
-        return backend
-    one_device = mesh.size == 1 if not mesh.empty else jax.device_count() == 1
-    return "pallas" if sharding.target_platform() == "gpu" and one_device else "xla"
+    return implementation
 
 
 def token_nll(logits_BTV, targets_BT, backend: str = "auto"):

@@ -16,6 +16,7 @@ from flax import nnx
 
 from drope_jax.model.attention import causal_attention
 from drope_jax.model.config import REMAT_POLICIES, ModelConfig
+from drope_jax.model.mlp_kernels import swiglu
 from drope_jax.model.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
 
@@ -131,6 +132,7 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
         d, f = cfg.d_model, cfg.mlp_dim
         self.gate_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg)
         self.up_DF = _param(rngs, (d, f), ("embed", "mlp"), cfg)
@@ -140,7 +142,7 @@ class MLP(nnx.Module):
         dt = x_BTD.dtype
         gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_DF[...].astype(dt))
         up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_DF[...].astype(dt))
-        h_BTF = constrain(jax.nn.silu(gate_BTF) * up_BTF, ("batch", "seq", "act_mlp"))
+        h_BTF = constrain(swiglu(gate_BTF, up_BTF, self.cfg.mlp_backend), ("batch", "seq", "act_mlp"))
         return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
 
