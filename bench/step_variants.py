@@ -27,8 +27,9 @@ tests/test_step_variants_bench.py checks the rewrites against the model on CPU.
 """
 
 import os
+import sys
 
-if "--peer" in os.sys.argv:  # JAX's pool takes 46% of the GPU (its step peaks at 55 GiB of 140), the peer the rest
+if "--peer" in sys.argv:  # JAX's pool takes 46% of the GPU (its step peaks at 55 GiB of 140), the peer the rest
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.46")
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
@@ -40,7 +41,6 @@ import itertools
 import json
 import pathlib
 import statistics
-import sys
 import time
 
 import jax

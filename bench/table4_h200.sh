@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The paper's Table 4 shape (configs/0p5b_16b.py) on one H200, each figure in one call with its peer:
-#   1. the train step at seq 1024 x batch 32 (launch/benchmark.py, through bench/gpu_perf.sh; then again with
-#      the loss on XLA instead of its Pallas kernels, --config.model.loss_backend=xla) against
-#      transformers' Qwen2ForCausalLM of the same shape (bench/hf_peer.py --shape=0p5b_16b): step time,
-#      tokens/s, MFU without and with the LM head;
+#   1. the train step at seq 1024 x batch 32 as configured, and without its Pallas kernels (xla_kernels),
+#      against transformers' Qwen2ForCausalLM of the same shape (bench/hf_peer.py --shape=0p5b_16b), all three
+#      interleaved in rounds in one process (bench/step_variants.py --peer): step times and the peer's over
+#      ours, per round;
 #   2. the real loop (launch/tpu_run.py on prepared data, batch 32): 25 RoPE steps, the flip (a checkpoint,
 #      fresh AdamW moments, the NoPE step's compilation), 25 NoPE steps; tokens/s every 5 steps from
 #      metrics.jsonl, the medians of the steady intervals of each phase, and what the flip's interval cost.
@@ -14,7 +14,7 @@
 # tensorboardX and portpicker on PYTHONPATH. The data (2.: the code corpus and tokenizer of
 # experiments/drope_small, token ids far below the 151,936 vocab, which speed does not depend on) is
 # staged on the CPU while the GPU runs 1. Every stage has a deadline and logs as it goes, so a call that
-# runs out of time returns what it measured; about 6-8 minutes in all.
+# runs out of time returns what it measured; about 7-9 minutes in all.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROOT=${BENCH_DIR:-/tmp/table4_h200}
@@ -32,12 +32,10 @@ stage_data() {
 }
 stage_data & data_pid=$!
 
-stamp "1. train step, drope-jax: configs/0p5b_16b.py at 1024 x 32"
-timeout 330 bash bench/gpu_perf.sh jax "" "--config.model.loss_backend=xla" > "$OUT/step_jax.out" 2>&1
-stamp "1. train step, peer: Qwen2ForCausalLM at 1024 x 32"
-timeout 240 bash bench/gpu_perf.sh peer --shape=0p5b_16b --seq_len=1024 --batch=32 --steps=15 \
-  > "$OUT/step_peer.out" 2>&1
-grep -h -v RESULT "$OUT/jax.log" "$OUT/peer.log" | tee -a "$OUT/progress.log"
+stamp "1. train step: configs/0p5b_16b.py at 1024 x 32, with and without its kernels, and the peer, interleaved"
+timeout 420 python3 bench/step_variants.py --variants=base,xla_kernels --peer --rounds=5 2>&1 | grep -v -i warn \
+  > "$OUT/step_paired.log"
+grep -v RESULT "$OUT/step_paired.log" | tail -4 | tee -a "$OUT/progress.log"
 
 wait $data_pid || { stamp "data preparation failed: see $OUT/stage.log, $OUT/prepare.log"; exit 1; }
 stamp "2. the real loop with a flip: 50 steps of 32 x 1024, flip at step 25"

@@ -1,6 +1,6 @@
 """drope_jax/model/mlp_kernels.py's SwiGLU backward computes autodiff's gradients (in Pallas's interpreter here;
 bench/mlp_kernels.py times it on a GPU), on one device and under an 8-device mesh, and config.model.mlp_backend
-picks it where it should."""
+picks it where it should; each kernel setting (this one and the loss's) reaches the train step."""
 
 import jax
 import jax.numpy as jnp
@@ -69,13 +69,16 @@ def test_the_backend_choice_and_its_errors(monkeypatch):
         assert sharding.kernel_implementation("auto", "config.model.mlp_backend") == "xla"
 
 
-def test_the_config_setting_reaches_the_train_step_and_changes_no_value():
+@pytest.mark.parametrize("setting", ["mlp_backend", "loss_backend"])
+def test_each_kernel_setting_reaches_the_train_step_and_changes_no_value(setting):
+    """config.model.mlp_backend (this module's kernel) and loss_backend (loss_kernels.py's), each with the other
+    on XLA: "pallas" puts Pallas calls in the train step's loss and gradients, and changes neither."""
     batch = {"tokens": jnp.asarray(np.random.default_rng(0).integers(0, 300, (2, 9)), jnp.int32)}
 
     def loss_grads_and_jaxpr(backend):
+        backends = {"mlp_backend": "xla", "loss_backend": "xla", setting: backend}
         spec = state.model_spec(ModelConfig(vocab_size=300, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
-                                            mlp_dim=32, compute_dtype="float32", loss_backend="xla",
-                                            mlp_backend=backend).validate())
+                                            mlp_dim=32, compute_dtype="float32", **backends).validate())
         params = state.init_params(spec, 0, sharding.make_mesh(devices=jax.devices()[:1]))
         f = jax.value_and_grad(lambda p: step.loss_fn(p, batch, spec=spec, pos=ROPE, use_qk_norm=False))
         return f(params), str(jax.make_jaxpr(f)(params))

@@ -4,8 +4,9 @@
 backend picks its backward. Left to autodiff, XLA computes d up and d gate in two passes (one reads the incoming
 gradient and gate, the other the incoming gradient, gate and up): 10 reads and writes of a [B, T, F] array.
 The kernel makes one pass, three reads and two writes, in float32 arithmetic. In the Table 4 step on one H200
-(bf16[32, 1024, 4864] a layer) the step went from 214.8 to 212.0 ms (2026-12-04, bench/step_variants.py,
-docs/performance.md).
+(bf16[32, 1024, 4864] a layer) it took the step from 213.1 to 209.3 ms, timed in paired rounds (2026-12-04,
+bench/step_variants.py; docs/performance.md, "The SwiGLU's Pallas kernel"); bench/mlp_kernels.py sweeps its
+launch parameters.
 
 ``config.model.mlp_backend`` picks as ``config.model.loss_backend`` does (drope_jax/model/loss.py): "auto" runs
 the kernel on a single GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it;
