@@ -1,5 +1,6 @@
-"""Which loss the Table 4 train step runs: lowers the step (no compilation) with config.model.loss_backend "auto"
-and "xla" and counts the Triton kernel calls and shard_map boundaries in each program.
+"""Which kernels the Table 4 train step runs: lowers the step (no compilation) with config.model.loss_backend and
+mlp_backend "auto" and "xla" and counts the Triton kernel calls (the loss's two, the SwiGLU's one a layer) and
+shard_map boundaries in each program.
 
   python bench/loss_backend_check.py      (on the GPU machine; on a CPU the kernels lower as interpreted code: 0)
 """
@@ -10,12 +11,15 @@ import numpy as np
 from drope_jax.run_config import load_module
 from drope_jax.train.setup import make_setup
 
-for backend in ("auto", "xla"):
+for loss_backend, mlp_backend in (("auto", "auto"), ("auto", "xla"), ("xla", "xla")):
     config = load_module("configs/0p5b_16b.py").get_config()
-    config.train.global_batch_size, config.data.seq_len, config.model.loss_backend = 32, 1024, backend
+    config.train.global_batch_size, config.data.seq_len = 32, 1024
+    config.model.loss_backend, config.model.mlp_backend = loss_backend, mlp_backend
     setup = make_setup(config)
     with jax.set_mesh(setup.mesh):
         replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
         batch = {"tokens": jax.ShapeDtypeStruct((32, 1025), np.int32, sharding=replicated)}
         text = setup.phase_step("rope").lower(setup.abstract_state(), batch).as_text()
-    print(backend, "triton custom calls:", text.count("triton"), "shard_map-ish:", text.count("SPMDFullToShardShape"))
+    triton_calls = sum("custom_call" in line and "triton" in line for line in text.splitlines())
+    print(f"loss {loss_backend}, mlp {mlp_backend}: Triton calls {triton_calls} | shard_map boundaries",
+          text.count("SPMDFullToShardShape"))
