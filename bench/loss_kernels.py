@@ -50,7 +50,7 @@ def main():
     want_grad = backward(loss.nll_backward)(*grad_args)
     grad_rows = []
     timed_row("XLA backward (loss.nll_backward)", backward(loss.nll_backward), grad_args, 2 * size, want_grad,
-         grad_rows)
+              grad_rows)
     for block, warps in itertools.product(BLOCKS, WARPS) if "backward" in args.kernels else ():
         fn = backward(lambda r, d, b=block, w=warps: loss_kernels.nll_backward(r, d, b, w))
         timed_row(f"pallas backward, block {block}, {warps} warps", fn, grad_args, 2 * size, want_grad, grad_rows)

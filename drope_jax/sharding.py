@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from drope_jax.errors import ConfigError
+from drope_jax.model.config import KERNEL_BACKENDS
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -105,8 +106,8 @@ def target_platform() -> str:
 def kernel_implementation(backend: str, setting: str) -> str:
     """"xla" or "pallas" for a kernel setting (``setting`` names it in errors): "auto" takes Pallas on a single
     GPU only, where it was measured faster and needs no shard_map."""
-    if backend not in ("auto", "xla", "pallas"):
-        raise ValueError(f"{setting}={backend!r}: choose one of ('auto', 'xla', 'pallas')")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"{setting}={backend!r}: choose one of {KERNEL_BACKENDS}")
     if backend != "auto":
         return backend
     mesh = jax.sharding.get_abstract_mesh()
