@@ -8,5 +8,6 @@ runs with RoPE, NoPE or any baseline.
 - ``positions``: ``PosEncoding``: RoPE and its scalings, NoPE, ALiBi, layer patterns, windows;
 - ``state``: the model as pure data (``ModelSpec``), sharded parameter init and ``apply``;
 - ``loss``: next-token cross-entropy with a hand-written gradient;
-- ``loss_kernels``: its two passes as Pallas (Triton) kernels, which ``loss`` runs on one GPU.
+- ``loss_kernels``: its two passes as Pallas (Triton) kernels, which ``loss`` runs on one GPU;
+- ``mlp_kernels``: the SwiGLU with its backward as one Pallas (Triton) kernel on one GPU.
 """
