@@ -180,8 +180,9 @@ def main():
     if unknown := [v for v in variants if v not in PATCHES and v not in CONFIG_VARIANTS]:
         sys.exit(f"error: unknown variants {unknown}; choose from {sorted(PATCHES) + sorted(CONFIG_VARIANTS)}")
 
-    setup = make_setup(config)
-    setups = {v: variant_setup(config, v, setup.mesh) for v in variants}
+    mesh = sharding.make_mesh(**config.mesh)
+    setups = {v: variant_setup(config, v, mesh) for v in variants}
+    setup = setups[variants[0]]  # the initial state, the batches and the check's reference
     rng = np.random.default_rng(0)
     with jax.set_mesh(setup.mesh):
         batches = [{"tokens": sharding.host_batch_to_global(rng.integers(

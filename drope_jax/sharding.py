@@ -98,7 +98,7 @@ def tree_shardings(logical_tree, abstract_tree, mesh):
 
 def target_platform() -> str:
     """Where the computation being traced will run: the mesh's devices (TPU in an AOT compile on a CPU
-    host), else the default device. Picks the kernels of attention and of the loss."""
+    host), else the default device. Picks the kernels of attention, the loss and the MLP."""
     mesh = jax.sharding.get_abstract_mesh()
     return jax.devices()[0].platform if mesh.empty else mesh.abstract_device.platform
 
@@ -113,6 +113,17 @@ def kernel_implementation(backend: str, setting: str) -> str:
     mesh = jax.sharding.get_abstract_mesh()
     one_device = mesh.size == 1 if not mesh.empty else jax.device_count() == 1
     return "pallas" if target_platform() == "gpu" and one_device else "xla"
+
+
+def on_each_device(kernel, args, arg_names, out_names):
+    """``kernel(*args)`` for a kernel that does not partition by itself: called as is without a mesh or on a
+    one-device mesh, else under ``jax.shard_map``, each array laid out by its logical names as everywhere else."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(*args)
+    in_specs = tuple(logical_to_spec(names, a.shape, mesh) for names, a in zip(arg_names, args, strict=True))
+    out_spec = logical_to_spec(out_names, jax.eval_shape(kernel, *args).shape, mesh)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=in_specs, out_specs=out_spec, check_vma=False)(*args)
 
 
 def constrain(x, names):

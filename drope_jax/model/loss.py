@@ -79,10 +79,4 @@ def token_nll(logits_BTV, targets_BT, backend: str = "auto"):
     """Per-token negative log-likelihood [B, T], computed in float32 from logits of any float dtype."""
     if loss_implementation(backend, logits_BTV.shape) == "xla":
         return xla_token_nll(logits_BTV, targets_BT)
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return pallas_token_nll(logits_BTV, targets_BT)
-    logits_spec = logical_to_spec(_LOGITS, logits_BTV.shape, mesh)
-    rows_spec = jax.sharding.PartitionSpec(*logits_spec[:2])
-    return jax.shard_map(pallas_token_nll, mesh=mesh, in_specs=(logits_spec, rows_spec), out_specs=rows_spec,
-                         check_vma=False)(logits_BTV, targets_BT)
+    return sharding.on_each_device(pallas_token_nll, (logits_BTV, targets_BT), (_LOGITS, _LOGITS[:2]), _LOGITS[:2])

@@ -2,11 +2,11 @@
 
 ``swiglu(gate, up, backend)`` is silu(gate) * up. Its forward is XLA's either way (bit for bit the same); the
 backend picks its backward. Left to autodiff, XLA computes d up and d gate in two passes (one reads the incoming
-gradient and gate, the other the incoming gradient, gate and up): 10 reads and writes of a [B, T, F] array.
-The kernel makes one pass, three reads and two writes, in float32 arithmetic. In the Table 4 step on one H200
-(bf16[32, 1024, 4864] a layer) it took the step from 213.1 to 209.3 ms, timed in paired rounds (2026-12-04,
-bench/step_variants.py; docs/performance.md, "The SwiGLU's Pallas kernel"); bench/mlp_kernels.py sweeps its
-launch parameters.
+gradient and gate and writes d up, the other reads the incoming gradient, gate and up and writes d gate): 7 reads
+and writes of a [B, T, F] array. The kernel makes one pass, three reads and two writes, in float32 arithmetic. In
+the Table 4 step on one H200 (bf16[32, 1024, 4864] a layer) it took the step from 213.1 to 209.3 ms, timed in
+paired rounds (2026-12-04, bench/step_variants.py; docs/performance.md, "The SwiGLU's Pallas kernel");
+bench/mlp_kernels.py sweeps its launch parameters.
 
 ``config.model.mlp_backend`` picks as ``config.model.loss_backend`` does (drope_jax/model/loss.py): "auto" runs
 the kernel on a single GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it;
@@ -60,9 +60,4 @@ def swiglu(gate_BTF, up_BTF, backend: str = "auto"):
     """silu(gate) * up, with the backward ``backend`` picks (config.model.mlp_backend)."""
     if sharding.kernel_implementation(backend, "config.model.mlp_backend") == "xla":
         return jax.nn.silu(gate_BTF) * up_BTF
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return pallas_swiglu(gate_BTF, up_BTF)
-    spec = sharding.logical_to_spec(_ACTIVATION, gate_BTF.shape, mesh)
-    return jax.shard_map(pallas_swiglu, mesh=mesh, in_specs=(spec, spec), out_specs=spec,
-                         check_vma=False)(gate_BTF, up_BTF)
+    return sharding.on_each_device(pallas_swiglu, (gate_BTF, up_BTF), (_ACTIVATION, _ACTIVATION), _ACTIVATION)
