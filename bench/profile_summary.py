@@ -45,8 +45,9 @@ def fusion_origins(hlo_dir: str, module: str = "jit_step") -> dict[str, str]:
         raise SystemExit(f"error: no *.{module}.*after_optimizations.txt under {hlo_dir}: run with "
                          f'XLA_FLAGS="--xla_dump_to={hlo_dir} --xla_dump_hlo_as_text"')
     text = open(max(dumps, key=os.path.getsize)).read()
-    fusion = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) fusion\(.*?op_name="([^"]*)"', re.MULTILINE)
-    return {kernel_key(name): f"{shape} {op_name}" for name, shape, op_name in fusion.findall(text)}
+    instruction = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\(.*?\)|\S+) (?:fusion|custom-call)\(.*?op_name="([^"]*)"',
+                             re.MULTILINE)
+    return {kernel_key(name): f"{shape} {op_name}" for name, shape, op_name in instruction.findall(text)}
 
 
 def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
@@ -55,7 +56,7 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
         raise SystemExit(f"error: no *.xplane.pb under {trace_dir}: pass the --profile_dir of launch/benchmark.py")
     data = ProfileData.from_file(paths[-1])
     origins = fusion_origins(hlo_dir) if hlo_dir else {}
-    by_kind, by_kernel, by_family, launches = (collections.Counter() for _ in range(4))
+    by_kind, by_kernel, by_family, launches, by_op = (collections.Counter() for _ in range(5))
     intervals = []  # (start, end, kernel) of every kernel on GPU 0, for the idle time between them
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU:0"):
@@ -70,6 +71,9 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
                 by_kernel[kernel] += ms
                 launches[kernel] += 1
                 by_family[re.sub(r"[._]\d+$", "", kernel)] += ms
+                # A library kernel (cuBLAS, cuDNN) is named for itself; its hlo_op stat names its HLO instruction.
+                hlo_op = str(next((v for k, v in event.stats if k == "hlo_op"), kernel))
+                by_op[origins.get(kernel_key(hlo_op), "(no op_name) " + hlo_op)] += ms
     total = sum(by_kind.values())
     if not total:
         raise SystemExit("error: no GPU stream events in the trace; planes and lines: " + "; ".join(
@@ -88,6 +92,10 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
         print(f"  {ms:8.2f} ms  x{launches[kernel] / steps:<5.0f} {kernel[:110]}")
         if origin:
             print(f"{'':20}{origin[:200]}")
+    if origins:
+        print(f"\ntop {top} JAX operations (the kernels of each HLO instruction, by shape and op_name; ms per step):")
+        for op, ms in by_op.most_common(top):
+            print(f"  {ms:8.2f} ms  {re.sub(r'{[^}]*}', '', op)[:200]}")
 
 
 def print_idle(intervals, steps: int, top: int = 12) -> None:

@@ -22,7 +22,9 @@ Variants (each replaces one method of the model while it is traced; parameters a
 - `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly);
 - `both`: `qkv_fused` and `swiglu_vjp`;
 - `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
-- `xla_kernels`: that and config.model.loss_backend="xla" (no Pallas kernel at all).
+- `xla_kernels`: that and config.model.loss_backend="xla" (no Pallas kernel at all);
+- `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true),
+  for example `xla:xla_gpu_triton_gemm_any`. A variant that does not compile is reported and left out.
 tests/test_step_variants_bench.py checks the rewrites against the model on CPU.
 """
 
@@ -126,6 +128,15 @@ def patched(variant):
             setattr(cls, name, fn)
 
 
+def compiler_options(variant: str) -> dict:
+    """XLA options of an `xla:NAME[=VALUE]+NAME...` variant (a bare NAME is set to true), else none."""
+    if not variant.startswith("xla:"):
+        return {}
+    options = dict(o.split("=", 1) if "=" in o else (o, "true") for o in variant[len("xla:"):].split("+"))
+    typed = {"true": True, "false": False}
+    return {k: typed.get(v, int(v) if v.lstrip("-").isdigit() else v) for k, v in options.items()}
+
+
 def variant_setup(config, variant, mesh):
     variant_config = copy.deepcopy(config)
     variant_config.model.update(CONFIG_VARIANTS.get(variant, {}))
@@ -136,7 +147,11 @@ def compile_variants(setups, state, batch):
     compiled = {}
     for variant, setup in setups.items():
         with patched(variant if variant in PATCHES else "base"):
-            compiled[variant] = setup.phase_step("rope").lower(state, batch).compile()
+            lowered = setup.phase_step("rope").lower(state, batch)
+        try:
+            compiled[variant] = lowered.compile(compiler_options(variant) or None)
+        except Exception as e:  # an XLA option this XLA lacks or cannot compile with: report it, time the rest
+            print(f"{variant}: does not compile ({type(e).__name__}: {str(e)[:300]})", flush=True)
     return compiled
 
 
@@ -153,11 +168,20 @@ def check_variants(compiled, setup, batch):
                      f"{next(iter(compiled))}'s {first}")
 
 
-def timed_steps(run, n):
+def timed_steps(launch, wait, n, back_to_back=False):
+    """Seconds per step of n steps: each launched and waited for in turn, or (back_to_back) all n launched and
+    waited for once, as a training loop runs them (n copies of the mean)."""
+    if back_to_back:
+        start = time.perf_counter()
+        for _ in range(n):
+            launch()
+        wait()
+        return [(time.perf_counter() - start) / n] * n
     times = []
     for _ in range(n):
         start = time.perf_counter()
-        run()
+        launch()
+        wait()
         times.append(time.perf_counter() - start)
     return times
 
@@ -171,13 +195,16 @@ def main():
     p.add_argument("--peer", action="store_true", help="interleave bench/hf_peer.py's step (shape 0p5b_16b)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=10, help="timed steps of each variant per round")
+    p.add_argument("--back_to_back", action="store_true",
+                   help="time each round's steps launched back to back and waited for once (as the training loop "
+                        "and a PyTorch loop run them), not each step waited for in turn")
     p.add_argument("--profile_dir", default="")
     args = p.parse_args()
     config = load_module(args.config).get_config()
     config.train.global_batch_size = args.batch
     config.data.seq_len = args.seq_len
     variants = args.variants.split(",")
-    if unknown := [v for v in variants if v not in PATCHES and v not in CONFIG_VARIANTS]:
+    if unknown := [v for v in variants if v not in PATCHES and v not in CONFIG_VARIANTS and not v.startswith("xla:")]:
         sys.exit(f"error: unknown variants {unknown}; choose from {sorted(PATCHES) + sorted(CONFIG_VARIANTS)}")
 
     mesh = sharding.make_mesh(**config.mesh)
@@ -189,19 +216,23 @@ def main():
             0, setup.plan.model.vocab_size, (args.batch, args.seq_len + 1), dtype=np.int32), setup.mesh)}
             for _ in range(2)]
         compiled = compile_variants(setups, setup.fresh_state(), batches[0])
+        variants = list(compiled)
         check_variants(compiled, setup, batches[0])
         state = setup.fresh_state()
 
         count = itertools.count()  # steps alternate between the two batches
 
-        def jax_step(variant):
+        def jax_launch(variant):
             nonlocal state
-            state, m = compiled[variant](state, batches[next(count) % 2])
-            jax.block_until_ready(m)
+            state, _ = compiled[variant](state, batches[next(count) % 2])
 
-        runners = {v: functools.partial(jax_step, v) for v in variants}
-        for run in runners.values():
-            run()  # warm-up: first-call allocation
+        def jax_wait():
+            jax.block_until_ready(state)
+
+        runners = {v: (functools.partial(jax_launch, v), jax_wait) for v in variants}
+        for launch, wait in runners.values():
+            launch()  # warm-up: first-call allocation
+            wait()
         if args.peer:
             sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
             import hf_peer
@@ -209,17 +240,16 @@ def main():
 
             peer_step, peer_batches, _ = hf_peer.build("0p5b_16b", args.seq_len, args.batch)
 
-            def run_peer():
+            def peer_launch():
                 peer_step(peer_batches[next(count) % 2])
-                torch.cuda.synchronize()
 
-            timed_steps(run_peer, 5)  # warm-up: torch.compile
-            runners["peer"] = run_peer
+            runners["peer"] = (peer_launch, torch.cuda.synchronize)
+            timed_steps(*runners["peer"], 5)  # warm-up: torch.compile
 
         times = {name: [] for name in runners}
         for r in range(args.rounds):
-            for name, run in runners.items():
-                times[name].append(timed_steps(run, args.steps))
+            for name, (launch, wait) in runners.items():
+                times[name].append(timed_steps(launch, wait, args.steps, args.back_to_back))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{n} {statistics.median(t[-1]) * 1e3:.1f} ms" for n, t in times.items()), flush=True)
 
@@ -227,12 +257,14 @@ def main():
             for v in variants:
                 with jax.profiler.trace(os.path.join(args.profile_dir, v)):
                     for _ in range(3):
-                        jax_step(v)
+                        jax_launch(v)
+                    jax_wait()
         peak_gib = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices()) / 2**30
 
     tokens = args.batch * args.seq_len
+    timing = "launched back to back, one wait a round" if args.back_to_back else "each step waited for"
     print(f"\n{jax.devices()[0].device_kind} | seq {args.seq_len} x batch {args.batch} | {args.rounds} rounds of "
-          f"{args.steps} steps each | JAX peak memory {peak_gib:.1f} GiB")
+          f"{args.steps} steps each ({timing}) | JAX peak memory {peak_gib:.1f} GiB")
     for name, rounds in times.items():
         all_ms = [t * 1e3 for rnd in rounds for t in rnd]
         per_round = [statistics.median(rnd) * 1e3 for rnd in rounds]

@@ -30,6 +30,16 @@ def test_fusion_origins_from_an_optimized_dump(tmp_path):
     assert any(o.startswith("f32[64,128]") and "jit(swiglu_loss)" in o for o in origins.values()), origins
 
 
+def test_a_library_calls_origin_comes_from_its_custom_call(tmp_path):
+    """cuBLAS and cuDNN kernels are named for themselves; their trace events name the custom-call behind them."""
+    (tmp_path / "module_0002.jit_step.sm_9.0a_gpu_after_optimizations.txt").write_text(
+        '  %custom-call.12 = (bf16[32768,896]{1,0}, s8[33554432]{0}) custom-call(%bitcast.1, %bitcast.2), '
+        'custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(step)/transpose(jvp())/attention/dot_general" '
+        'scheduling_name="custom-call.12"}, backend_config={}\n')
+    assert SUMMARY.fusion_origins(str(tmp_path)) == {
+        "custom_call_12": "(bf16[32768,896]{1,0}, s8[33554432]{0}) jit(step)/transpose(jvp())/attention/dot_general"}
+
+
 def test_fusion_origins_names_the_missing_dump(tmp_path):
     with pytest.raises(SystemExit, match="xla_dump_to"):
         SUMMARY.fusion_origins(str(tmp_path))

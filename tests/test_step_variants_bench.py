@@ -41,3 +41,18 @@ def test_the_fused_gate_and_up_projection_equals_the_models_mlp():
     mlp = transformer.MLP(cfg, nnx.Rngs(0))
     x_BTD = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
     np.testing.assert_allclose(BENCH.mlp_gate_up_fused(mlp, x_BTD), mlp(x_BTD), rtol=1e-5, atol=1e-6)
+
+
+def test_an_xla_variant_names_its_compiler_options():
+    got = BENCH.compiler_options("xla:xla_gpu_triton_gemm_any+xla_gpu_autotune_level=0+xla_gpu_enable_cublaslt=false")
+    assert got == {"xla_gpu_triton_gemm_any": True, "xla_gpu_autotune_level": 0, "xla_gpu_enable_cublaslt": False}
+    assert BENCH.compiler_options("qkv_fused") == {}
+
+
+def test_back_to_back_timing_launches_every_step_and_waits_once():
+    calls = []
+    times = BENCH.timed_steps(lambda: calls.append("launch"), lambda: calls.append("wait"), 3, back_to_back=True)
+    assert calls == ["launch"] * 3 + ["wait"] and len(times) == 3 and len(set(times)) == 1
+    calls.clear()
+    assert len(BENCH.timed_steps(lambda: calls.append("launch"), lambda: calls.append("wait"), 2)) == 2
+    assert calls == ["launch", "wait"] * 2
