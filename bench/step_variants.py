@@ -1,7 +1,7 @@
 """The whole train step with the transformer's body written other ways, interleaved in one process on one GPU.
 
-  python bench/step_variants.py [--variants=base,qkv_fused] [--peer] [--rounds=6] [--steps=10] \
-      [--profile_dir=DIR] [--config=configs/0p5b_16b.py] [--batch=32] [--seq_len=1024]
+  python bench/step_variants.py [--variants=base,qkv_fused,xla:xla_gpu_triton_gemm_any] [--peer] [--rounds=6] \
+      [--steps=10] [--back_to_back] [--profile_dir=DIR] [--config=configs/0p5b_16b.py] [--batch=32] [--seq_len=1024]
 
 A step's median drifts by 3 to 4 ms between runs on one H200 even within a process (docs/performance.md), as
 much as a rewrite saves. So every variant is compiled first, then timed in rounds: each round runs every
