@@ -21,8 +21,10 @@ Variants (each replaces one method of the model while it is traced; parameters a
   gradient, writing both gradients) instead of autodiff's;
 - `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly);
 - `both`: `qkv_fused` and `swiglu_vjp`;
+- `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm's backward by autodiff, without
+  norm_kernels.py's kernel);
 - `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
-- `xla_kernels`: that and config.model.loss_backend="xla" (no Pallas kernel at all);
+- `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true),
   for example `xla:xla_gpu_triton_gemm_any`. A variant that does not compile is reported and left out.
 tests/test_step_variants_bench.py checks the rewrites against the model on CPU.
@@ -113,7 +115,8 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fus
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["base"] = []
 # Variants that change a config setting instead of a method.
-CONFIG_VARIANTS = {"xla_mlp": {"mlp_backend": "xla"}, "xla_kernels": {"mlp_backend": "xla", "loss_backend": "xla"}}
+CONFIG_VARIANTS = {"xla_norm": {"norm_backend": "xla"}, "xla_mlp": {"mlp_backend": "xla"},
+                   "xla_kernels": {"norm_backend": "xla", "mlp_backend": "xla", "loss_backend": "xla"}}
 
 
 @contextlib.contextmanager

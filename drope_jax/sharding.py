@@ -117,12 +117,17 @@ def kernel_implementation(backend: str, setting: str) -> str:
 
 def on_each_device(kernel, args, arg_names, out_names):
     """``kernel(*args)`` for a kernel that does not partition by itself: called as is without a mesh or on a
-    one-device mesh, else under ``jax.shard_map``, each array laid out by its logical names as everywhere else."""
+    one-device mesh, else under ``jax.shard_map``, each array laid out by its logical names as everywhere else.
+    ``out_names``: one output's names, or a tuple of them for a kernel that returns a tuple."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return kernel(*args)
     in_specs = tuple(logical_to_spec(names, a.shape, mesh) for names, a in zip(arg_names, args, strict=True))
-    out_spec = logical_to_spec(out_names, jax.eval_shape(kernel, *args).shape, mesh)
+    out_shapes = jax.eval_shape(kernel, *args)
+    if isinstance(out_shapes, tuple):
+        out_spec = tuple(logical_to_spec(n, o.shape, mesh) for n, o in zip(out_names, out_shapes, strict=True))
+    else:
+        out_spec = logical_to_spec(out_names, out_shapes.shape, mesh)
     return jax.shard_map(kernel, mesh=mesh, in_specs=in_specs, out_specs=out_spec, check_vma=False)(*args)
 
 

@@ -69,14 +69,15 @@ def test_the_backend_choice_and_its_errors(monkeypatch):
         assert sharding.kernel_implementation("auto", "config.model.mlp_backend") == "xla"
 
 
-@pytest.mark.parametrize("setting", ["mlp_backend", "loss_backend"])
+@pytest.mark.parametrize("setting", ["mlp_backend", "loss_backend", "norm_backend"])
 def test_each_kernel_setting_reaches_the_train_step_and_changes_no_value(setting):
-    """config.model.mlp_backend (this module's kernel) and loss_backend (loss_kernels.py's), each with the other
-    on XLA: "pallas" puts Pallas calls in the train step's loss and gradients, and changes neither."""
+    """config.model.mlp_backend (this module's kernel), loss_backend (loss_kernels.py's) and norm_backend
+    (norm_kernels.py's), each with the others on XLA: "pallas" puts Pallas calls in the train step's loss and
+    gradients, and changes neither."""
     batch = {"tokens": jnp.asarray(np.random.default_rng(0).integers(0, 300, (2, 9)), jnp.int32)}
 
     def loss_grads_and_jaxpr(backend):
-        backends = {"mlp_backend": "xla", "loss_backend": "xla", setting: backend}
+        backends = {"mlp_backend": "xla", "loss_backend": "xla", "norm_backend": "xla", setting: backend}
         spec = state.model_spec(ModelConfig(vocab_size=300, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
                                             mlp_dim=32, compute_dtype="float32", **backends).validate())
         params = state.init_params(spec, 0, sharding.make_mesh(devices=jax.devices()[:1]))

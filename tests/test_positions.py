@@ -218,10 +218,11 @@ def _layer_by_layer(spec, params, tokens, per_layer):
     x = jnp.take(model.embed_VD[...], tokens, axis=0)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     graphdef, layers = nnx.split(model.blocks)
+    delta = jnp.zeros_like(x)
     for i, pos in enumerate(per_layer):
         block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], layers))
-        x, _ = block(x, positions, None, pos, True)
-    return model.final_norm(x) @ model.lm_head_DV[...]
+        x, delta, _ = block(x, delta, positions, None, pos, True)
+    return model.final_norm(x + delta) @ model.lm_head_DV[...]
 
 
 @pytest.mark.parametrize("kind", ["rope", "alibi"])

@@ -12,7 +12,7 @@ REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_saveab
                   "dots_no_batch": "dots_with_no_batch_dims_saveable"}
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")  # see drope_jax/model/attention.py
-KERNEL_BACKENDS = ("auto", "xla", "pallas")  # Pallas kernels or XLA: see loss.py and mlp_kernels.py
+KERNEL_BACKENDS = ("auto", "xla", "pallas")  # Pallas kernels or XLA: see loss.py, mlp_kernels.py, norm_kernels.py
 
 
 def _field(kind: str, default=dataclasses.MISSING):
@@ -45,6 +45,7 @@ class ModelConfig:
     attention_backend: str = _field("run", "auto")
     loss_backend: str = _field("run", "auto")  # "auto": Pallas kernels on a single GPU, else XLA (loss.py)
     mlp_backend: str = _field("run", "auto")  # the SwiGLU's backward, chosen the same way (mlp_kernels.py)
+    norm_backend: str = _field("run", "auto")  # the residual add + RMSNorm's backward, the same way (norm_kernels.py)
     init_std: float = _field("run", 0.02)
 
     @classmethod
@@ -91,7 +92,7 @@ class ModelConfig:
         for name, allowed in (("qk_norm", QK_NORM_KINDS), ("remat", REMAT_POLICIES),
                               ("param_dtype", DTYPES), ("compute_dtype", DTYPES),
                               ("attention_backend", ATTENTION_BACKENDS), ("loss_backend", KERNEL_BACKENDS),
-                              ("mlp_backend", KERNEL_BACKENDS)):
+                              ("mlp_backend", KERNEL_BACKENDS), ("norm_backend", KERNEL_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config.model.{name}={getattr(self, name)!r}; choose one of {tuple(allowed)}")
         return self

@@ -17,8 +17,11 @@ from flax import nnx
 from drope_jax.model.attention import causal_attention
 from drope_jax.model.config import REMAT_POLICIES, ModelConfig
 from drope_jax.model.mlp_kernels import swiglu
+from drope_jax.model.norm_kernels import add_norm, rmsnorm
 from drope_jax.model.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
+
+_RESIDUAL = ("batch", "seq", "act_embed")
 
 
 def _param(rngs, shape, names, cfg: ModelConfig, init: str = "normal"):
@@ -37,9 +40,16 @@ class RMSNorm(nnx.Module):
         self.eps = cfg.norm_eps
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.weight[...]).astype(x.dtype)
+        return rmsnorm(x, self.weight[...], self.eps)
+
+    def add_and_norm(self, x_BTD, delta_BTD, copies: int, backend: str):
+        """(x + delta, ``copies`` references to this norm of it): norm_kernels.add_norm."""
+        return add_norm(x_BTD, delta_BTD, self.weight[...], self.eps, copies, backend)
+
+
+def _inputs(x, count: int):
+    """One input per matrix product: ``x`` itself if it is already such a tuple (add_and_norm's copies)."""
+    return x if isinstance(x, tuple) else (x,) * count
 
 
 class Attention(nnx.Module):
@@ -60,10 +70,11 @@ class Attention(nnx.Module):
             self.q_norm, self.k_norm = RMSNorm(h, cfg, rngs), RMSNorm(h, cfg, rngs)
 
     def _project_qkv(self, x_BTD):
-        dt = x_BTD.dtype
-        q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_DNH[...].astype(dt))
-        k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_DKH[...].astype(dt))
-        v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v_DKH[...].astype(dt))
+        xq_BTD, xk_BTD, xv_BTD = _inputs(x_BTD, 3)
+        dt = xq_BTD.dtype
+        q_BTNH = jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt))
+        k_BTKH = jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt))
+        v_BTKH = jnp.einsum("BTD,DKH->BTKH", xv_BTD, self.v_DKH[...].astype(dt))
         if self.cfg.attention_bias:
             q_BTNH = q_BTNH + self.q_bias_NH[...].astype(dt)
             k_BTKH = k_BTKH + self.k_bias_KH[...].astype(dt)
@@ -82,7 +93,7 @@ class Attention(nnx.Module):
         ``kv_cache``: (k_LBSKH, v_LBSKH, layer, index): this call's keys and values are written into layer
         ``layer`` at ``index`` and the queries attend to that layer's whole cache (to their own keys when
         ``index`` is the Python int 0, a prefill); the updated (k, v) is returned beside the output."""
-        dt = x_BTD.dtype
+        dt = _inputs(x_BTD, 1)[0].dtype
         q_BTNH, k_BTKH, v_BTKH = self._project_qkv(x_BTD)
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
@@ -139,9 +150,10 @@ class MLP(nnx.Module):
         self.down_FD = _param(rngs, (f, d), ("mlp", "embed"), cfg)
 
     def __call__(self, x_BTD):
-        dt = x_BTD.dtype
-        gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_DF[...].astype(dt))
-        up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_DF[...].astype(dt))
+        x_gate_BTD, x_up_BTD = _inputs(x_BTD, 2)
+        dt = x_gate_BTD.dtype
+        gate_BTF = jnp.einsum("BTD,DF->BTF", x_gate_BTD, self.gate_DF[...].astype(dt))
+        up_BTF = jnp.einsum("BTD,DF->BTF", x_up_BTD, self.up_DF[...].astype(dt))
         h_BTF = constrain(swiglu(gate_BTF, up_BTF, self.cfg.mlp_backend), ("batch", "seq", "act_mlp"))
         return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
@@ -153,15 +165,20 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool, positional=True,
-                 kv_cache=None, query_chunk=None, pos_table=None):
+    def __call__(self, x_BTD, delta_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool,
+                 positional=True, kv_cache=None, query_chunk=None, pos_table=None):
+        """The residual stream arrives as x + delta, the previous block's output not yet added, and leaves the
+        same way: each residual add is one op with the norm after it (norm_kernels.add_norm). Returns
+        (x, delta, the updated kv cache)."""
+        backend = self.mlp.cfg.norm_backend
         with jax.named_scope("attention"):  # the scopes name a profile's kernels (bench/profile_summary.py)
-            attn_BTD, new_kv = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                         positional, kv_cache, query_chunk, pos_table)
-        x_BTD = x_BTD + attn_BTD
+            x_BTD, normed = self.attn_norm.add_and_norm(x_BTD, delta_BTD, 3, backend)
+            attn_BTD, new_kv = self.attn(normed, positions_BT, segment_ids_BT, pos, use_qk_norm, positional,
+                                         kv_cache, query_chunk, pos_table)
         with jax.named_scope("mlp"):
-            x_BTD = x_BTD + self.mlp(self.mlp_norm(x_BTD))
-        return constrain(x_BTD, ("batch", "seq", "act_embed")), new_kv
+            x_BTD, normed = self.mlp_norm.add_and_norm(x_BTD, attn_BTD, 2, backend)
+            mlp_BTD = self.mlp(normed)
+        return constrain(x_BTD, _RESIDUAL), constrain(mlp_BTD, _RESIDUAL), new_kv
 
 
 class Transformer(nnx.Module):
@@ -211,21 +228,23 @@ class Transformer(nnx.Module):
             xs["index"] = jnp.arange(cfg.num_layers)
 
         def layer(carry, xs):
-            x_BTD, kv = carry
+            x_BTD, delta_BTD, kv = carry
             kv_cache = None if kv is None else (*kv, xs["index"], start)
             positional = xs["positional"] if not uniform else bool(positional_L[0])
-            x_BTD, kv = nnx.merge(graphdef, xs["layer"])(x_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm,
-                                                         positional, kv_cache, query_chunk, pos_table)
-            return (x_BTD, kv), None
+            x_BTD, delta_BTD, kv = nnx.merge(graphdef, xs["layer"])(
+                x_BTD, delta_BTD, positions_BT, segment_ids_BT, pos, use_qk_norm, positional, kv_cache, query_chunk,
+                pos_table)
+            return (x_BTD, delta_BTD, kv), None
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat]),
                                    prevent_cse=False)
         kv = None if cache is None else (cache["k"], cache["v"])
-        (x_BTD, new_kv), _ = jax.lax.scan(layer, (x_BTD, kv), xs, unroll=cfg.scan_unroll)
+        carry = (x_BTD, constrain(jnp.zeros_like(x_BTD), _RESIDUAL), kv)
+        (x_BTD, delta_BTD, new_kv), _ = jax.lax.scan(layer, carry, xs, unroll=cfg.scan_unroll)
 
         with jax.named_scope("lm_head"):
-            x_BTD = self.final_norm(x_BTD)
+            _, (x_BTD,) = self.final_norm.add_and_norm(x_BTD, delta_BTD, 1, cfg.norm_backend)
             head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
             logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)),
                                    ("batch", "seq", "act_vocab"))

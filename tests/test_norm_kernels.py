@@ -1,0 +1,70 @@
+"""drope_jax/model/norm_kernels.py's residual add + RMSNorm: its Pallas backward (in Pallas's interpreter here)
+computes autodiff's gradients for every number of copies, across row blocks, with a width that is no power of two,
+on one device and under an 8-device mesh; its forward is XLA's bit for bit; config.model.norm_backend is checked."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from drope_jax import sharding
+from drope_jax.errors import ConfigError
+from drope_jax.model import norm_kernels
+from drope_jax.model.config import ModelConfig
+
+EPS = 1e-5
+
+
+def _inputs(shape, dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    x, delta = (jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(2))
+    return x, delta, jnp.asarray(1 + rng.standard_normal(shape[-1:]) / 2, jnp.float32)
+
+
+def _loss(backend, copies):
+    """A scalar that weighs s and each copy of the norm differently, so every cotangent differs."""
+    def loss(x, delta, weight):
+        s, normed = norm_kernels.add_norm(x, delta, weight, EPS, copies, backend)
+        return jnp.sum(jnp.sin(s)) + sum(jnp.sum((i + 1) * n * jnp.cos(n)) for i, n in enumerate(normed))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("copies", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(2, 8, 24), (3, 2, 40)])  # 2 programs of 8 rows; 3 of 2 rows
+def test_the_kernel_gives_autodiffs_gradients(copies, shape):
+    x, delta, weight = _inputs(shape)
+    want_value, want_grads = _loss("xla", copies)(x, delta, weight)
+    value, grads = _loss("pallas", copies)(x, delta, weight)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_forward_is_xlas_bit_for_bit():
+    x, delta, weight = _inputs((2, 8, 24), jnp.bfloat16)
+    s, normed = norm_kernels.add_norm(x, delta, weight, EPS, 2, "pallas")
+    want_s, (want_normed, _) = norm_kernels.add_norm(x, delta, weight, EPS, 2, "xla")
+    np.testing.assert_array_equal(s, want_s)
+    for n in normed:
+        np.testing.assert_array_equal(n, want_normed)
+
+
+def test_the_kernel_under_an_8_device_mesh_gives_the_xla_gradients():
+    """Under shard_map: rows over data x fsdp, each row whole on one device (the tensor axis replicates)."""
+    x, delta, weight = _inputs((4, 4, 24))
+    want_value, want_grads = _loss("xla", 3)(x, delta, weight)
+    with jax.set_mesh(sharding.make_mesh(data=2, fsdp=2, tensor=2)):
+        value, grads = _loss("pallas", 3)(x, delta, weight)
+        jaxpr = str(jax.make_jaxpr(_loss("pallas", 3))(x, delta, weight))
+    assert "shard_map" in jaxpr
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_backend_setting_is_checked():
+    with pytest.raises(ValueError, match="config.model.norm_backend='triton'"):
+        norm_kernels.add_norm(jnp.ones((1, 1, 4)), jnp.ones((1, 1, 4)), jnp.ones(4), EPS, 1, "triton")
+    with pytest.raises(ConfigError, match="config.model.norm_backend"):
+        ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=2, num_kv_heads=2, mlp_dim=8,
+                    norm_backend="triton").validate()
