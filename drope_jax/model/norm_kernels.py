@@ -11,6 +11,9 @@ stream's gradient and writes d x. In the Table 4 step that is 9 reads and writes
 at the attention's norm and 8 at the MLP's, 7.4 ms a step (docs/performance.md, "The last 1%"). The kernel reads
 s, the residual gradient and each input gradient once and writes d x once (6 and 5), in float32 arithmetic;
 d x and d delta are the same array. The weight's gradient leaves as one float32 row per program, which XLA sums.
+Timed in paired rounds against the same step with ``norm_backend="xla"`` (one H200, 2026-12-04,
+bench/step_variants.py --variants=base,xla_norm --peer), it took the step from 215.5 to 214.5 ms: 1 ms, not the
+2.6 that the bytes promise. Its block (8 rows, 16 warps) was chosen by reasoning, not by a sweep.
 
 ``config.model.norm_backend`` picks as ``mlp_backend`` does (mlp_kernels.py): "auto" runs the kernel on a single
 GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it; under
@@ -39,7 +42,7 @@ def rmsnorm(x, weight, eps: float):
     return (normed * weight).astype(x.dtype)
 
 
-def _backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, width: int, eps: float):
+def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, width: int, eps: float):
     """``rows`` rows of flat [N * D] arrays: refs are the n copies' gradients, then d x and d weight's row."""
     *d_n_refs, d_x_ref, d_weight_ref = refs
     d = weight_ref.shape[0]
@@ -68,7 +71,7 @@ def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int 
     rows = math.gcd(t, rows)  # blocks within a sequence, so that d weight's rows reshape to [B, T / rows]
     width = pl.next_power_of_2(d)
     programs = b * t // rows
-    kernel = functools.partial(_backward_kernel, rows=rows, width=width, eps=eps)
+    kernel = functools.partial(_add_norm_backward_kernel, rows=rows, width=width, eps=eps)
     d_x, d_weight_rows = pl.pallas_call(  # no block specs: each program indexes the whole flat arrays itself
         kernel, grid=(programs,),
         out_shape=[jax.ShapeDtypeStruct((b * t * d,), s_BTD.dtype),
