@@ -81,15 +81,17 @@ def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int 
     return d_x.reshape(b, t, d), d_weight_rows.reshape(b, t // rows, width)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _pallas_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
+def _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
     s_BTD = x_BTD + delta_BTD
     return s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies
 
 
+_pallas_add_norm = jax.custom_vjp(_xla_add_norm, nondiff_argnums=(3, 4))
+
+
 def _pallas_add_norm_fwd(x_BTD, delta_BTD, weight_D, eps, copies):
-    s_BTD = x_BTD + delta_BTD
-    return (s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies), (s_BTD, weight_D)
+    out = _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
+    return out, (out[0], weight_D)
 
 
 def _pallas_add_norm_bwd(eps, copies, residuals, cotangents):
@@ -112,7 +114,5 @@ _pallas_add_norm.defvjp(_pallas_add_norm_fwd, _pallas_add_norm_bwd)
 def add_norm(x_BTD, delta_BTD, weight_D, eps: float, copies: int, backend: str = "auto"):
     """(x + delta, ``copies`` references to rmsnorm(x + delta) * weight), with the backward ``backend`` picks
     (config.model.norm_backend)."""
-    if sharding.kernel_implementation(backend, "config.model.norm_backend") == "xla":
-        s_BTD = x_BTD + delta_BTD
-        return s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies
-    return _pallas_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
+    pallas = sharding.kernel_implementation(backend, "config.model.norm_backend") == "pallas"
+    return (_pallas_add_norm if pallas else _xla_add_norm)(x_BTD, delta_BTD, weight_D, eps, copies)
