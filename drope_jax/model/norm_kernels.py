@@ -82,7 +82,7 @@ def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int 
 
 
 def _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
-    s_BTD = x_BTD + delta_BTD
+    s_BTD = x_BTD if delta_BTD is None else x_BTD + delta_BTD
     return s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies
 
 
@@ -111,8 +111,13 @@ def _pallas_add_norm_bwd(eps, copies, residuals, cotangents):
 _pallas_add_norm.defvjp(_pallas_add_norm_fwd, _pallas_add_norm_bwd)
 
 
+def uses_kernel(backend: str) -> bool:
+    """Whether config.model.norm_backend ``backend`` runs the kernel here."""
+    return sharding.kernel_implementation(backend, "config.model.norm_backend") == "pallas"
+
+
 def add_norm(x_BTD, delta_BTD, weight_D, eps: float, copies: int, backend: str = "auto"):
     """(x + delta, ``copies`` references to rmsnorm(x + delta) * weight), with the backward ``backend`` picks
-    (config.model.norm_backend)."""
-    pallas = sharding.kernel_implementation(backend, "config.model.norm_backend") == "pallas"
+    (config.model.norm_backend). A ``delta`` of None adds nothing (XLA's backward)."""
+    pallas = delta_BTD is not None and uses_kernel(backend)
     return (_pallas_add_norm if pallas else _xla_add_norm)(x_BTD, delta_BTD, weight_D, eps, copies)

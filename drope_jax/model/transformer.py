@@ -17,7 +17,7 @@ from flax import nnx
 from drope_jax.model.attention import causal_attention
 from drope_jax.model.config import REMAT_POLICIES, ModelConfig
 from drope_jax.model.mlp_kernels import swiglu
-from drope_jax.model.norm_kernels import add_norm, rmsnorm
+from drope_jax.model.norm_kernels import add_norm, rmsnorm, uses_kernel
 from drope_jax.model.positions import ROPE, PosEncoding, alibi_slopes, encode, query_scale
 from drope_jax.sharding import constrain
 
@@ -167,8 +167,9 @@ class Block(nnx.Module):
 
     def __call__(self, x_BTD, delta_BTD, positions_BT, segment_ids_BT, pos: PosEncoding, use_qk_norm: bool,
                  positional=True, kv_cache=None, query_chunk=None, pos_table=None):
-        """The residual stream arrives as x + delta, the previous block's output not yet added, and leaves the
-        same way: each residual add is one op with the norm after it (norm_kernels.add_norm). Returns
+        """With norm_kernels' kernel, the residual stream arrives as x + delta, the previous block's output not
+        yet added, and leaves the same way, so that each residual add is one op with the norm after it
+        (norm_kernels.add_norm). Without it, delta is None: x is the stream, as remat saves it. Returns
         (x, delta, the updated kv cache)."""
         backend = self.mlp.cfg.norm_backend
         with jax.named_scope("attention"):  # the scopes name a profile's kernels (bench/profile_summary.py)
@@ -178,6 +179,8 @@ class Block(nnx.Module):
         with jax.named_scope("mlp"):
             x_BTD, normed = self.mlp_norm.add_and_norm(x_BTD, attn_BTD, 2, backend)
             mlp_BTD = self.mlp(normed)
+        if delta_BTD is None:
+            return constrain(x_BTD + mlp_BTD, _RESIDUAL), None, new_kv
         return constrain(x_BTD, _RESIDUAL), constrain(mlp_BTD, _RESIDUAL), new_kv
 
 
@@ -240,7 +243,8 @@ class Transformer(nnx.Module):
             layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[cfg.remat]),
                                    prevent_cse=False)
         kv = None if cache is None else (cache["k"], cache["v"])
-        carry = (x_BTD, constrain(jnp.zeros_like(x_BTD), _RESIDUAL), kv)
+        delta_BTD = constrain(jnp.zeros_like(x_BTD), _RESIDUAL) if uses_kernel(cfg.norm_backend) else None
+        carry = (x_BTD, delta_BTD, kv)
         (x_BTD, delta_BTD, new_kv), _ = jax.lax.scan(layer, carry, xs, unroll=cfg.scan_unroll)
 
         with jax.named_scope("lm_head"):
