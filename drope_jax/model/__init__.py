@@ -9,5 +9,7 @@ runs with RoPE, NoPE or any baseline.
 - ``state``: the model as pure data (``ModelSpec``), sharded parameter init and ``apply``;
 - ``loss``: next-token cross-entropy with a hand-written gradient;
 - ``loss_kernels``: its two passes as Pallas (Triton) kernels, which ``loss`` runs on one GPU;
-- ``mlp_kernels``: the SwiGLU with its backward as one Pallas (Triton) kernel on one GPU.
+- ``mlp_kernels``: the SwiGLU with its backward as one Pallas (Triton) kernel on one GPU;
+- ``norm_kernels``: the residual add and the RMSNorm after it, with its backward as one Pallas (Triton) kernel
+  on one GPU.
 """
