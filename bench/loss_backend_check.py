@@ -23,6 +23,6 @@ for loss_backend, mlp_backend, norm_backend in (("auto", "auto", "auto"), ("auto
         batch = {"tokens": jax.ShapeDtypeStruct((32, 1025), np.int32, sharding=replicated)}
         text = setup.phase_step("rope").lower(setup.abstract_state(), batch).as_text()
     triton_calls = sum("custom_call" in line and "triton" in line for line in text.splitlines())
-    print(f"loss {loss_backend}, mlp {mlp_backend}, norm {norm_backend}: Triton calls {triton_calls} | shard_map "
-          "boundaries",
-          text.count("SPMDFullToShardShape"))
+    boundaries = text.count("SPMDFullToShardShape")
+    print(f"loss {loss_backend}, mlp {mlp_backend}, norm {norm_backend}: Triton calls {triton_calls} | "
+          f"shard_map boundaries {boundaries}")

@@ -50,15 +50,15 @@ def main():
     want = xla(s, d_s, weight, *d_ns)
     inputs = (s, d_s, weight, *d_ns)
     moved = (3 + args.copies) * size
-    rows_out = []
-    timed_row("XLA (autodiff)", xla, inputs, moved, want, rows_out)
+    results = []
+    timed_row("XLA (autodiff)", xla, inputs, moved, want, results)
     for rows, warps in itertools.product(ROWS, WARPS):
         @jax.jit
         def kernel(s, d_s, weight, *d_ns, rows=rows, warps=warps):
             d_x, d_weight_rows = norm_kernels.add_norm_backward(s, d_s, weight, d_ns, EPS, rows, warps)
             return d_x, jnp.sum(d_weight_rows, axis=(0, 1))[:weight.shape[0]]
-        timed_row(f"pallas, {rows} rows, {warps} warps", kernel, inputs, moved, want, rows_out)
-    print("BEST " + json.dumps(min(rows_out)))
+        timed_row(f"pallas, {rows} rows, {warps} warps", kernel, inputs, moved, want, results)
+    print("BEST " + json.dumps(min(results)))
 
 
 if __name__ == "__main__":

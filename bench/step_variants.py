@@ -58,6 +58,7 @@ from drope_jax.train.setup import make_setup
 
 
 def project_qkv_fused(self, x_BTD):
+    x_BTD = transformer.per_product(x_BTD, 1)[0]  # one product: with norm_kernels' copies, the first copy
     dt = x_BTD.dtype
     d, n, h = self.q_DNH.shape
     k = self.k_DKH.shape[1]
@@ -94,14 +95,16 @@ swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 def mlp_swiglu_vjp(self, x_BTD):
-    dt = x_BTD.dtype
-    gate_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_DF[...].astype(dt))
-    up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_DF[...].astype(dt))
+    x_gate_BTD, x_up_BTD = transformer.per_product(x_BTD, 2)
+    dt = x_gate_BTD.dtype
+    gate_BTF = jnp.einsum("BTD,DF->BTF", x_gate_BTD, self.gate_DF[...].astype(dt))
+    up_BTF = jnp.einsum("BTD,DF->BTF", x_up_BTD, self.up_DF[...].astype(dt))
     h_BTF = sharding.constrain(swiglu(gate_BTF, up_BTF), ("batch", "seq", "act_mlp"))
     return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
 
 def mlp_gate_up_fused(self, x_BTD):
+    x_BTD = transformer.per_product(x_BTD, 1)[0]
     dt = x_BTD.dtype
     gate_up_DCF = jnp.stack([self.gate_DF[...], self.up_DF[...]], axis=1).astype(dt)
     gate_up_BTCF = jnp.einsum("BTD,DCF->BTCF", x_BTD, gate_up_DCF)

@@ -98,7 +98,7 @@ def tree_shardings(logical_tree, abstract_tree, mesh):
 
 def target_platform() -> str:
     """Where the computation being traced will run: the mesh's devices (TPU in an AOT compile on a CPU
-    host), else the default device. Picks the kernels of attention, the loss and the MLP."""
+    host), else the default device. Picks attention's backend and whether the Pallas kernels run."""
     mesh = jax.sharding.get_abstract_mesh()
     return jax.devices()[0].platform if mesh.empty else mesh.abstract_device.platform
 

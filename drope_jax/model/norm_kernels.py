@@ -60,8 +60,8 @@ def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, widt
     r = jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
     normed = s * r
     d_normed = d_n * weight
-    d_s = r * (d_normed - normed * (jnp.sum(d_normed * normed, axis=1, keepdims=True) / d))
-    plt.store(d_x_ref.at[index], (load(d_s_ref) + d_s).astype(d_x_ref.dtype), mask=inside)
+    d_s_through_norm = r * (d_normed - normed * (jnp.sum(d_normed * normed, axis=1, keepdims=True) / d))
+    plt.store(d_x_ref.at[index], (load(d_s_ref) + d_s_through_norm).astype(d_x_ref.dtype), mask=inside)
     plt.store(d_weight_ref.at[pl.program_id(0) * width + cols], jnp.sum(d_n * normed, axis=0))
 
 
@@ -101,9 +101,8 @@ def _pallas_add_norm_bwd(eps, copies, residuals, cotangents):
     def kernel(s, d_s, weight, *d_ns):
         return add_norm_backward(s, d_s, weight, d_ns, eps)
 
-    d_x_BTD, d_weight_rows = sharding.on_each_device(
-        kernel, (s_BTD, d_s_BTD, weight_D, *d_n_BTDs), (_ROW, _ROW, (None,)) + (_ROW,) * copies,
-        (_ROW, ("batch", "seq", None)))
+    d_x_BTD, d_weight_rows = sharding.on_each_device(  # d weight's rows [B, T / rows, width] split as rows do
+        kernel, (s_BTD, d_s_BTD, weight_D, *d_n_BTDs), (_ROW, _ROW, (None,)) + (_ROW,) * copies, (_ROW, _ROW))
     d_weight_D = jnp.sum(d_weight_rows, axis=(0, 1))[:weight_D.shape[0]].astype(weight_D.dtype)
     return d_x_BTD, d_x_BTD, d_weight_D
 

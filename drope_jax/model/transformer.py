@@ -38,16 +38,17 @@ class RMSNorm(nnx.Module):
     def __init__(self, dim: int, cfg: ModelConfig, rngs: nnx.Rngs):
         self.weight = _param(rngs, (dim,), ("norm",), cfg, "ones")
         self.eps = cfg.norm_eps
+        self.backend = cfg.norm_backend
 
     def __call__(self, x):
         return rmsnorm(x, self.weight[...], self.eps)
 
-    def add_and_norm(self, x_BTD, delta_BTD, copies: int, backend: str):
+    def add_and_norm(self, x_BTD, delta_BTD, copies: int):
         """(x + delta, ``copies`` references to this norm of it): norm_kernels.add_norm."""
-        return add_norm(x_BTD, delta_BTD, self.weight[...], self.eps, copies, backend)
+        return add_norm(x_BTD, delta_BTD, self.weight[...], self.eps, copies, self.backend)
 
 
-def _inputs(x, count: int):
+def per_product(x, count: int):
     """One input per matrix product: ``x`` itself if it is already such a tuple (add_and_norm's copies)."""
     return x if isinstance(x, tuple) else (x,) * count
 
@@ -70,7 +71,7 @@ class Attention(nnx.Module):
             self.q_norm, self.k_norm = RMSNorm(h, cfg, rngs), RMSNorm(h, cfg, rngs)
 
     def _project_qkv(self, x_BTD):
-        xq_BTD, xk_BTD, xv_BTD = _inputs(x_BTD, 3)
+        xq_BTD, xk_BTD, xv_BTD = per_product(x_BTD, 3)
         dt = xq_BTD.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt))
         k_BTKH = jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt))
@@ -93,8 +94,8 @@ class Attention(nnx.Module):
         ``kv_cache``: (k_LBSKH, v_LBSKH, layer, index): this call's keys and values are written into layer
         ``layer`` at ``index`` and the queries attend to that layer's whole cache (to their own keys when
         ``index`` is the Python int 0, a prefill); the updated (k, v) is returned beside the output."""
-        dt = _inputs(x_BTD, 1)[0].dtype
         q_BTNH, k_BTKH, v_BTKH = self._project_qkv(x_BTD)
+        dt = q_BTNH.dtype
         if use_qk_norm and self.cfg.qk_norm != "none":
             q_BTNH, k_BTKH = self._qk_norm(self.q_norm, q_BTNH), self._qk_norm(self.k_norm, k_BTKH)
         theta = self.cfg.rope_theta
@@ -150,7 +151,7 @@ class MLP(nnx.Module):
         self.down_FD = _param(rngs, (f, d), ("mlp", "embed"), cfg)
 
     def __call__(self, x_BTD):
-        x_gate_BTD, x_up_BTD = _inputs(x_BTD, 2)
+        x_gate_BTD, x_up_BTD = per_product(x_BTD, 2)
         dt = x_gate_BTD.dtype
         gate_BTF = jnp.einsum("BTD,DF->BTF", x_gate_BTD, self.gate_DF[...].astype(dt))
         up_BTF = jnp.einsum("BTD,DF->BTF", x_up_BTD, self.up_DF[...].astype(dt))
@@ -171,13 +172,12 @@ class Block(nnx.Module):
         yet added, and leaves the same way, so that each residual add is one op with the norm after it
         (norm_kernels.add_norm). Without it, delta is None: x is the stream, as remat saves it. Returns
         (x, delta, the updated kv cache)."""
-        backend = self.mlp.cfg.norm_backend
         with jax.named_scope("attention"):  # the scopes name a profile's kernels (bench/profile_summary.py)
-            x_BTD, normed = self.attn_norm.add_and_norm(x_BTD, delta_BTD, 3, backend)
+            x_BTD, normed = self.attn_norm.add_and_norm(x_BTD, delta_BTD, 3)
             attn_BTD, new_kv = self.attn(normed, positions_BT, segment_ids_BT, pos, use_qk_norm, positional,
                                          kv_cache, query_chunk, pos_table)
         with jax.named_scope("mlp"):
-            x_BTD, normed = self.mlp_norm.add_and_norm(x_BTD, attn_BTD, 2, backend)
+            x_BTD, normed = self.mlp_norm.add_and_norm(x_BTD, attn_BTD, 2)
             mlp_BTD = self.mlp(normed)
         if delta_BTD is None:
             return constrain(x_BTD + mlp_BTD, _RESIDUAL), None, new_kv
@@ -248,7 +248,7 @@ class Transformer(nnx.Module):
         (x_BTD, delta_BTD, new_kv), _ = jax.lax.scan(layer, carry, xs, unroll=cfg.scan_unroll)
 
         with jax.named_scope("lm_head"):
-            _, (x_BTD,) = self.final_norm.add_and_norm(x_BTD, delta_BTD, 1, cfg.norm_backend)
+            _, (x_BTD,) = self.final_norm.add_and_norm(x_BTD, delta_BTD, 1)
             head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
             logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)),
                                    ("batch", "seq", "act_vocab"))
