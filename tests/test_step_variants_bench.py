@@ -24,11 +24,15 @@ def test_swiglu_with_its_hand_written_backward_matches_autodiff():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_the_fused_query_key_value_projection_equals_the_models():
-    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=32,
+def _module_and_input(module_cls):
+    """A small float32 ``module_cls`` (transformer.Attention or MLP) and an input [2, 5, 16] for it."""
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
                       compute_dtype="float32").validate()
-    attention = transformer.Attention(cfg, nnx.Rngs(0))
-    x_BTD = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+    return module_cls(cfg, nnx.Rngs(0)), jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+
+
+def test_the_fused_query_key_value_projection_equals_the_models():
+    attention, x_BTD = _module_and_input(transformer.Attention)
     want_qkv = attention._project_qkv(x_BTD)
     for x in (x_BTD, (x_BTD,) * 3):  # an array, or one copy per product as the norm kernel hands them out
         for got, want in zip(BENCH.project_qkv_fused(attention, x), want_qkv):
@@ -37,10 +41,7 @@ def test_the_fused_query_key_value_projection_equals_the_models():
 
 
 def test_the_mlp_rewrites_equal_the_models_mlp():
-    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
-                      compute_dtype="float32").validate()
-    mlp = transformer.MLP(cfg, nnx.Rngs(0))
-    x_BTD = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+    mlp, x_BTD = _module_and_input(transformer.MLP)
     for rewrite in (BENCH.mlp_gate_up_fused, BENCH.mlp_swiglu_vjp):
         for x in (x_BTD, (x_BTD,) * 2):
             np.testing.assert_allclose(rewrite(mlp, x), mlp(x_BTD), rtol=1e-5, atol=1e-6)
