@@ -1,15 +1,16 @@
-"""drope_jax/model/norm_kernels.py's residual add + RMSNorm backward alone on the Table 4 step's activations,
-across its launch parameters, beside XLA's (autodiff of the same op).
+"""drope_jax/model/norm_kernels.py's residual add + RMSNorm alone on the Table 4 step's activations, forward and
+backward, across the kernels' launch parameters, beside XLA's (the same op, and autodiff of it).
 
   cd bench && python norm_kernels.py [--batch=32] [--seq_len=1024] [--d_model=896] [--copies=3]
 
-Random bf16 s, residual gradient and ``copies`` input gradients [batch, seq_len, d_model] (59 MB each at the
-defaults: the attention's norm has 3 copies, the MLP's 2); each variant's median time and its rate over the bytes
-it must move (one read of each, one write of d x), checked against XLA's d x and d weight first. The fastest is
-printed last, as a line of JSON.
+Random bf16 arrays [batch, seq_len, d_model] (59 MB each at the defaults). The forward reads x and delta and
+writes s and n; the backward reads s, the residual gradient and ``copies`` input gradients (the attention's norm
+has 3, the MLP's 2) and writes d x. Each variant's median time and its rate over those bytes, checked against
+XLA's results first. Each pass's fastest is printed last, as a line of JSON.
 """
 
 import argparse
+import functools
 import itertools
 import json
 
@@ -47,6 +48,21 @@ def main():
         d_x, d_weight = vjp((d_s, tuple(d_ns)))
         return d_x, d_weight
 
+    @jax.jit
+    def xla_forward(x, delta, weight):
+        s, (n,) = norm_kernels._xla_add_norm(x, delta, weight, EPS, 1)
+        return s, n
+
+    print("forward (x, delta -> s, n):", flush=True)
+    want = xla_forward(s, d_s, weight)
+    results = []
+    timed_row("XLA", xla_forward, (s, d_s, weight), 4 * size, want, results)
+    for rows, warps in itertools.product(ROWS, WARPS):
+        kernel = jax.jit(functools.partial(norm_kernels.add_norm_forward, eps=EPS, rows=rows, num_warps=warps))
+        timed_row(f"pallas, {rows} rows, {warps} warps", kernel, (s, d_s, weight), 4 * size, want, results)
+    print("BEST forward " + json.dumps(min(results)), flush=True)
+
+    print(f"backward ({args.copies} input gradients -> d x, d weight):", flush=True)
     want = xla(s, d_s, weight, *d_ns)
     inputs = (s, d_s, weight, *d_ns)
     moved = (3 + args.copies) * size
@@ -58,8 +74,7 @@ def main():
             d_x, d_weight_rows = norm_kernels.add_norm_backward(s, d_s, weight, d_ns, EPS, rows, warps)
             return d_x, jnp.sum(d_weight_rows, axis=(0, 1))[:weight.shape[0]]
         timed_row(f"pallas, {rows} rows, {warps} warps", kernel, inputs, moved, want, results)
-    print("BEST " + json.dumps(min(results)))
-
+    print("BEST backward " + json.dumps(min(results)))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """The whole train step with the transformer's body written other ways, interleaved in one process on one GPU.
 
   python bench/step_variants.py [--variants=base,qkv_fused,xla:xla_gpu_triton_gemm_any] [--peer] [--rounds=6] \
-      [--steps=10] [--back_to_back] [--profile_dir=DIR] [--config=configs/0p5b_16b.py] [--batch=32] [--seq_len=1024]
+      [--steps=10] [--timing=each|back_to_back|both] [--profile_dir=DIR] [--config=configs/0p5b_16b.py] \
+      [--batch=32] [--seq_len=1024]
 
 A step's median drifts by 3 to 4 ms between runs on one H200 even within a process (docs/performance.md), as
 much as a rewrite saves. So every variant is compiled first, then timed in rounds: each round runs every
@@ -13,7 +14,8 @@ Before timing, each variant takes one step from the same initial state: its loss
 equal the first variant's (to 1e-3 relative), or the bench stops.
 With --profile_dir, each variant then traces 3 steps into DIR/<variant> (bench/profile_summary.py reads them).
 
-Variants (each replaces one method of the model while it is traced; parameters and checkpoints unchanged):
+Variants (each replaces one function of the model or step while it is traced; parameters and checkpoints
+unchanged):
 - `base`: the model as it is;
 - `qkv_fused`: one matrix product with the query, key and value weights concatenated on the fly
   ([896, 1152]), its output split, so the backward's input gradient is one product too;
@@ -21,8 +23,11 @@ Variants (each replaces one method of the model while it is traced; parameters a
   gradient, writing both gradients) instead of autodiff's;
 - `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly);
 - `both`: `qkv_fused` and `swiglu_vjp`;
-- `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm's backward by autodiff, without
-  norm_kernels.py's kernel);
+- `cond_skip`: the skipped update on a non-finite step as a `lax.cond`, as the library had it before
+  train/step.py's `update_if_finite` (a select); on GPU the cond's predicate goes to the host, which waits for it;
+- `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm by XLA and autodiff, without
+  norm_kernels.py's kernels);
+- `xla_norm_forward`: norm_kernels.py's backward kernel with XLA's forward (the library before its forward kernel);
 - `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
 - `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true),
@@ -52,8 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from drope_jax import sharding
-from drope_jax.model import transformer
+from drope_jax.model import norm_kernels, transformer
 from drope_jax.run_config import load_module
+from drope_jax.train import step as train_step
 from drope_jax.train.setup import make_setup
 
 
@@ -112,9 +118,16 @@ def mlp_gate_up_fused(self, x_BTD):
     return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
 
+def update_if_finite_cond(tx, grads, opt_state, params, finite):
+    return jax.lax.cond(finite, lambda: tx.update(grads, opt_state, params),
+                        lambda: (jax.tree.map(jnp.zeros_like, params), opt_state))
+
+
 PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused)],
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
-           "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused)]}
+           "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused)],
+           "cond_skip": [(train_step, "update_if_finite", update_if_finite_cond)],
+           "xla_norm_forward": [(norm_kernels, "_kernel_add_norm", norm_kernels._xla_add_norm)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["base"] = []
 # Variants that change a config setting instead of a method.
@@ -201,9 +214,12 @@ def main():
     p.add_argument("--peer", action="store_true", help="interleave bench/hf_peer.py's step (shape 0p5b_16b)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=10, help="timed steps of each variant per round")
-    p.add_argument("--back_to_back", action="store_true",
-                   help="time each round's steps launched back to back and waited for once (as the training loop "
-                        "and a PyTorch loop run them), not each step waited for in turn")
+    p.add_argument("--timing", choices=("each", "back_to_back", "both"), default="each",
+                   help="each: every step waited for in turn; back_to_back: each round's steps launched back to back "
+                        "and waited for once, as the training loop and a PyTorch loop run them; both: each round "
+                        "times both ways (one compile for the two tables)")
+    p.add_argument("--back_to_back", dest="timing", action="store_const", const="back_to_back",
+                   help="--timing=back_to_back")
     p.add_argument("--profile_dir", default="")
     args = p.parse_args()
     config = load_module(args.config).get_config()
@@ -252,12 +268,15 @@ def main():
             runners["peer"] = (peer_launch, torch.cuda.synchronize)
             timed_steps(*runners["peer"], 5)  # warm-up: torch.compile
 
-        times = {name: [] for name in runners}
+        timings = ("each", "back_to_back") if args.timing == "both" else (args.timing,)
+        times = {(timing, name): [] for timing in timings for name in runners}
         for r in range(args.rounds):
-            for name, (launch, wait) in runners.items():
-                times[name].append(timed_steps(launch, wait, args.steps, args.back_to_back))
+            for timing in timings:
+                for name, (launch, wait) in runners.items():
+                    times[timing, name].append(timed_steps(launch, wait, args.steps, timing == "back_to_back"))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{n} {statistics.median(t[-1]) * 1e3:.1f} ms" for n, t in times.items()), flush=True)
+                f"{n}{' (back to back)' if t == 'back_to_back' else ''} {statistics.median(ts[-1]) * 1e3:.1f} ms"
+                for (t, n), ts in times.items()), flush=True)
 
         if args.profile_dir:
             for v in variants:
@@ -268,22 +287,25 @@ def main():
         peak_gib = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices()) / 2**30
 
     tokens = args.batch * args.seq_len
-    timing = "launched back to back, one wait a round" if args.back_to_back else "each step waited for"
     print(f"\n{jax.devices()[0].device_kind} | seq {args.seq_len} x batch {args.batch} | {args.rounds} rounds of "
-          f"{args.steps} steps each ({timing}) | JAX peak memory {peak_gib:.1f} GiB")
-    for name, rounds in times.items():
-        all_ms = [t * 1e3 for rnd in rounds for t in rnd]
-        per_round = [statistics.median(rnd) * 1e3 for rnd in rounds]
-        line = (f"{name:14s} step {statistics.median(all_ms):6.1f} ms (rounds {min(per_round):.1f} to "
-                f"{max(per_round):.1f}) | {tokens / statistics.median(all_ms) * 1e3:,.0f} tokens/s")
-        result = {"name": name, "step_ms": statistics.median(all_ms), "round_ms": per_round}
-        if "peer" in times and name != "peer":
-            ratios = [pr / vr for pr, vr in zip((statistics.median(rnd) * 1e3 for rnd in times["peer"]), per_round)]
-            line += f" | peer / this: {statistics.median(ratios):.3f}x (rounds {min(ratios):.3f} to {max(ratios):.3f})"
-            result["peer_ratio_per_round"] = ratios
-        print(line)
-        print("RESULT " + json.dumps(result), flush=True)
-
+          f"{args.steps} steps each | JAX peak memory {peak_gib:.1f} GiB")
+    for timing in timings:
+        print("launched back to back, one wait a round:" if timing == "back_to_back" else "each step waited for:")
+        for name in runners:
+            rounds = times[timing, name]
+            all_ms = [t * 1e3 for rnd in rounds for t in rnd]
+            per_round = [statistics.median(rnd) * 1e3 for rnd in rounds]
+            line = (f"{name:16s} step {statistics.median(all_ms):6.1f} ms (rounds {min(per_round):.1f} to "
+                    f"{max(per_round):.1f}) | {tokens / statistics.median(all_ms) * 1e3:,.0f} tokens/s")
+            result = {"name": name, "timing": timing, "step_ms": statistics.median(all_ms), "round_ms": per_round}
+            if "peer" in runners and name != "peer":
+                peer_rounds = (statistics.median(rnd) * 1e3 for rnd in times[timing, "peer"])
+                ratios = [pr / vr for pr, vr in zip(peer_rounds, per_round)]
+                line += (f" | peer / this: {statistics.median(ratios):.3f}x (rounds {min(ratios):.3f} to "
+                         f"{max(ratios):.3f})")
+                result["peer_ratio_per_round"] = ratios
+            print(line)
+            print("RESULT " + json.dumps(result), flush=True)
 
 if __name__ == "__main__":
     main()

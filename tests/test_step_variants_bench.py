@@ -60,3 +60,41 @@ def test_back_to_back_timing_launches_every_step_and_waits_once():
     calls.clear()
     assert len(BENCH.timed_steps(lambda: calls.append("launch"), lambda: calls.append("wait"), 2)) == 2
     assert calls == ["launch", "wait"] * 2
+
+
+def test_the_cond_skip_updates_as_the_librarys_select():
+    import optax
+
+    from drope_jax.train import step
+
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    tx = optax.adamw(0.1)
+    opt_state = tx.init(params)
+    for finite, grad in ((True, jnp.ones((2, 3))), (False, jnp.full((2, 3), jnp.nan))):
+        got = BENCH.update_if_finite_cond(tx, {"w": grad}, opt_state, params, jnp.asarray(finite))
+        want = step.update_if_finite(tx, {"w": grad}, opt_state, params, jnp.asarray(finite))
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+        assert bool(jnp.any(got[0]["w"] != 0)) == finite
+
+
+def test_xla_norm_forward_leaves_the_norm_kernels_backward_alone():
+    from drope_jax.model import norm_kernels
+
+    rng = np.random.default_rng(0)
+    x, delta = (jnp.asarray(rng.standard_normal((2, 8, 24)), jnp.bfloat16) for _ in range(2))
+    weight = jnp.asarray(1 + rng.standard_normal(24) / 2, jnp.float32)
+
+    def loss(x, delta, weight):
+        s, normed = norm_kernels.add_norm(x, delta, weight, 1e-5, 2, "pallas")
+        return jnp.sum(s.astype(jnp.float32)) + sum(jnp.sum(n.astype(jnp.float32) ** 2) for n in normed)
+
+    def pallas_calls():
+        return str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, delta, weight)).count("pallas_call")
+
+    assert pallas_calls() == 2  # the forward kernel and the backward kernel
+    with BENCH.patched("xla_norm_forward"):
+        assert pallas_calls() == 1
+        (s, normed), _ = jax.vjp(lambda *a: norm_kernels.add_norm(*a, 1e-5, 2, "pallas"), x, delta, weight)
+    want_s, want_normed = norm_kernels.add_norm(x, delta, weight, 1e-5, 2, "xla")
+    np.testing.assert_array_equal(s, want_s)
+    np.testing.assert_array_equal(normed[0], want_normed[0])

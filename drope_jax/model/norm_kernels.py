@@ -1,21 +1,28 @@
-"""A residual add and the RMSNorm after it, whose backward is one Pallas (Triton) kernel on NVIDIA GPUs.
+"""A residual add and the RMSNorm after it as one op, forward and backward each one Pallas (Triton) kernel on
+NVIDIA GPUs.
 
 ``add_norm(x, delta, weight, eps, copies, backend)`` returns ``(s, (n, ...))``: s = x + delta, the residual
 stream going on, and ``copies`` references to n = rmsnorm(s) * weight, one for each matrix product that reads it
-(query, key and value; or gate and up). The forward is XLA's either way, bit for bit the model's. The copies are
-the point: each product hands back its own input gradient, so the backward receives them apart.
+(query, key and value; or gate and up). The copies are the point: each product hands back its own input gradient,
+so the backward receives them apart.
 
-Left to autodiff, XLA computes the norm's backward in two passes over [B, T, D] arrays: one reads s and the
-products' input gradients, writes their sum and reduces each row; the other reads the sum, s and the residual
-stream's gradient and writes d x. In the Table 4 step that is 9 reads and writes of a bf16[32, 1024, 896] array
-at the attention's norm and 8 at the MLP's, 7.4 ms a step (docs/performance.md, "The last 1%"). The kernel reads
-s, the residual gradient and each input gradient once and writes d x once (6 and 5), in float32 arithmetic;
-d x and d delta are the same array. The weight's gradient leaves as one float32 row per program, which XLA sums.
-Timed in paired rounds against the same step with ``norm_backend="xla"`` (one H200, 2026-12-04,
-bench/step_variants.py --variants=base,xla_norm --peer), it took the step from 215.5 to 214.5 ms: 1 ms, not the
-2.6 that the bytes promise. Its block (8 rows, 16 warps) was chosen by reasoning, not by a sweep.
+Forward: XLA makes two passes, a reduction that reads x and delta and writes s and each row's scale, and an
+element-wise pass that reads s again and writes n. The kernel reads x and delta once and writes s and n once.
+It rounds as XLA does; only the order of the sum over each row differs.
 
-``config.model.norm_backend`` picks as ``mlp_backend`` does (mlp_kernels.py): "auto" runs the kernel on a single
+Backward: left to autodiff, XLA makes two passes over [B, T, D] arrays: one reads s and the products' input
+gradients, writes their sum and reduces each row; the other reads the sum, s and the residual stream's gradient
+and writes d x. In the Table 4 step that is 9 reads and writes of a bf16[32, 1024, 896] array at the attention's
+norm and 8 at the MLP's, 7.4 ms a step (docs/performance.md, "The last 1%"). The kernel reads s, the residual
+gradient and each input gradient once and writes d x once (6 and 5), in float32 arithmetic; d x and d delta are
+the same array. The weight's gradient leaves as one float32 row per program, which XLA sums. Timed in paired
+rounds against the same step with ``norm_backend="xla"`` (one H200, 2026-12-04, bench/step_variants.py
+--variants=base,xla_norm --peer), the backward kernel alone took the step from 215.5 to 214.5 ms: 1 ms, not the
+2.6 that the bytes promise. The block (8 rows, 16 warps) was chosen by reasoning, not by a sweep; the forward
+kernel has not run on a GPU yet (bench/norm_kernels.py sweeps both, bench/step_variants.py's
+``xla_norm_forward`` times the step without it).
+
+``config.model.norm_backend`` picks as ``mlp_backend`` does (mlp_kernels.py): "auto" runs the kernels on a single
 GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it; under
 ``jax.shard_map`` on a mesh of several devices, each row whole on one device).
 """
@@ -42,14 +49,33 @@ def rmsnorm(x, weight, eps: float):
     return (normed * weight).astype(x.dtype)
 
 
+def _row_block(rows: int, width: int, d: int):
+    """This program's ``rows`` rows of a flat [N * d] array, padded to ``width`` lanes: (index, mask, lanes)."""
+    cols = jnp.arange(width)
+    index = (pl.program_id(0) * rows + jnp.arange(rows))[:, None] * d + cols[None, :]
+    return index, jnp.broadcast_to(cols[None, :] < d, (rows, width)), cols
+
+
+def _add_norm_forward_kernel(x_ref, delta_ref, weight_ref, s_ref, n_ref, *, rows: int, width: int, eps: float):
+    d = weight_ref.shape[0]
+    index, inside, cols = _row_block(rows, width, d)
+
+    def load(ref):
+        return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
+
+    s = (load(x_ref) + load(delta_ref)).astype(s_ref.dtype)  # one rounding, as XLA's add of two bf16 arrays
+    plt.store(s_ref.at[index], s, mask=inside)
+    s = s.astype(jnp.float32)
+    weight = plt.load(weight_ref.at[cols], mask=cols < d, other=0).astype(jnp.float32)
+    normed = s * jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
+    plt.store(n_ref.at[index], (normed * weight).astype(n_ref.dtype), mask=inside)
+
+
 def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, width: int, eps: float):
-    """``rows`` rows of flat [N * D] arrays: refs are the n copies' gradients, then d x and d weight's row."""
+    """refs are the n copies' gradients, then d x and d weight's row (one a program)."""
     *d_n_refs, d_x_ref, d_weight_ref = refs
     d = weight_ref.shape[0]
-    first = pl.program_id(0) * rows
-    cols = jnp.arange(width)
-    index = (first + jnp.arange(rows))[:, None] * d + cols[None, :]
-    inside = jnp.broadcast_to(cols[None, :] < d, (rows, width))
+    index, inside, cols = _row_block(rows, width, d)
 
     def load(ref):
         return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
@@ -65,20 +91,38 @@ def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, widt
     plt.store(d_weight_ref.at[pl.program_id(0) * width + cols], jnp.sum(d_n * normed, axis=0))
 
 
-def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int = ROWS, num_warps: int = WARPS):
-    """(d x, d weight) of add_norm, where d x = d delta: one read of s, d s and each d n, one write of d x."""
-    b, t, d = s_BTD.shape
-    rows = math.gcd(t, rows)  # blocks within a sequence, so that d weight's rows reshape to [B, T / rows]
+def _row_call(kernel, shape_BTD, rows: int, num_warps: int, eps: float, out_shape, *args_BTD):
+    """``kernel`` over blocks of ``rows`` rows of [B, T, D] arrays (flattened), one program a block.
+    ``out_shape(programs, width)`` gives the outputs; the rows stay within a sequence (rows divides T)."""
+    b, t, d = shape_BTD
+    rows = math.gcd(t, rows)
     width = pl.next_power_of_2(d)
     programs = b * t // rows
-    kernel = functools.partial(_add_norm_backward_kernel, rows=rows, width=width, eps=eps)
-    d_x, d_weight_rows = pl.pallas_call(  # no block specs: each program indexes the whole flat arrays itself
-        kernel, grid=(programs,),
-        out_shape=[jax.ShapeDtypeStruct((b * t * d,), s_BTD.dtype),
-                   jax.ShapeDtypeStruct((programs * width,), jnp.float32)],
-        compiler_params=plt.CompilerParams(num_warps=num_warps), interpret=sharding.target_platform() != "gpu",
-    )(s_BTD.reshape(-1), d_s_BTD.reshape(-1), weight_D, *(a.reshape(-1) for a in d_n_BTDs))
-    return d_x.reshape(b, t, d), d_weight_rows.reshape(b, t // rows, width)
+    return pl.pallas_call(  # no block specs: each program indexes the whole flat arrays itself
+        functools.partial(kernel, rows=rows, width=width, eps=eps), grid=(programs,),
+        out_shape=out_shape(programs, width), compiler_params=plt.CompilerParams(num_warps=num_warps),
+        interpret=sharding.target_platform() != "gpu",
+    )(*(a.reshape(-1) if a.ndim == 3 else a for a in args_BTD))
+
+
+def add_norm_forward(x_BTD, delta_BTD, weight_D, eps: float, rows: int = ROWS, num_warps: int = WARPS):
+    """(s, n) of add_norm: one read of x and delta, one write of s and of n."""
+    flat = jax.ShapeDtypeStruct((x_BTD.size,), x_BTD.dtype)
+    s, n = _row_call(_add_norm_forward_kernel, x_BTD.shape, rows, num_warps, eps, lambda *_: [flat, flat],
+                     x_BTD, delta_BTD, weight_D)
+    return s.reshape(x_BTD.shape), n.reshape(x_BTD.shape)
+
+
+def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int = ROWS, num_warps: int = WARPS):
+    """(d x, d weight's rows [B, T / rows, width]) of add_norm, where d x = d delta: one read of s, d s and each
+    d n, one write of d x."""
+    def out_shape(programs, width):
+        return [jax.ShapeDtypeStruct((s_BTD.size,), s_BTD.dtype),
+                jax.ShapeDtypeStruct((programs * width,), jnp.float32)]
+
+    d_x, d_weight_rows = _row_call(_add_norm_backward_kernel, s_BTD.shape, rows, num_warps, eps, out_shape,
+                                   s_BTD, d_s_BTD, weight_D, *d_n_BTDs)
+    return d_x.reshape(s_BTD.shape), d_weight_rows.reshape(s_BTD.shape[0], -1, pl.next_power_of_2(s_BTD.shape[2]))
 
 
 def _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
@@ -86,11 +130,17 @@ def _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
     return s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies
 
 
-_pallas_add_norm = jax.custom_vjp(_xla_add_norm, nondiff_argnums=(3, 4))
+def _kernel_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
+    s_BTD, n_BTD = sharding.on_each_device(functools.partial(add_norm_forward, eps=eps), (x_BTD, delta_BTD, weight_D),
+                                           (_ROW, _ROW, (None,)), (_ROW, _ROW))
+    return s_BTD, (n_BTD,) * copies
+
+
+_pallas_add_norm = jax.custom_vjp(_kernel_add_norm, nondiff_argnums=(3, 4))
 
 
 def _pallas_add_norm_fwd(x_BTD, delta_BTD, weight_D, eps, copies):
-    out = _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
+    out = _kernel_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
     return out, (out[0], weight_D)
 
 

@@ -1,7 +1,8 @@
 """The one train step. The real run, the benchmark and the AOT compile all build it here.
 
 A train state is a plain dict: ``{"params", "opt_state", "step"}``. A step whose loss or gradient is
-not finite leaves the state unchanged (the update is skipped) and reports it in ``nonfinite``.
+not finite leaves the parameters and optimizer state unchanged (the update is skipped) and reports it in
+``nonfinite``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def loss_fn(params, batch, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bo
         return jnp.mean(token_nll(logits_BTV, batch["tokens"][:, 1:], spec.cfg.loss_backend))
 
 
+def update_if_finite(tx, grads, opt_state, params, finite):
+    """The optimizer's update and state, or a zero update and the state unchanged where ``finite`` is false.
+    A select, not ``lax.cond``: on GPU a cond copies its predicate to the host and blocks the host until the
+    forward and backward passes have run, so the next step is queued only while the optimizer runs, not during
+    the whole step. XLA fuses the select into the update's own passes over the moments."""
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+    return updates, jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
+
+
 def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm: bool, grad_accum: int = 1,
                     faults=None):
     """A pure ``(state, batch) -> (state, metrics)``; see ``loss_fn`` for the batch. ``faults``: a
@@ -79,11 +90,7 @@ def make_train_step(spec: ModelSpec, tx, lr_fn, *, pos: PosEncoding, use_qk_norm
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         lr = lr_fn(state["step"])
-        updates, opt_state = jax.lax.cond(
-            finite,
-            lambda: tx.update(grads, state["opt_state"], params),
-            lambda: (jax.tree.map(jnp.zeros_like, params), state["opt_state"]),
-        )
+        updates, opt_state = update_if_finite(tx, grads, state["opt_state"], params, finite)
         new_params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
         if faults is not None:
             new_params = faults.corrupt_params(state["step"] + 1, new_params)
