@@ -27,7 +27,7 @@ unchanged):
   train/step.py's `update_if_finite` (a select); on GPU the cond's predicate goes to the host, which waits for it;
 - `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm by XLA and autodiff, without
   norm_kernels.py's kernels);
-- `xla_norm_forward`: norm_kernels.py's backward kernel with XLA's forward (the library before its forward kernel);
+- `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL);
 - `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
 - `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true),
@@ -127,7 +127,7 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fus
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
            "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused)],
            "cond_skip": [(train_step, "update_if_finite", update_if_finite_cond)],
-           "xla_norm_forward": [(norm_kernels, "_kernel_add_norm", norm_kernels._xla_add_norm)]}
+           "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["base"] = []
 # Variants that change a config setting instead of a method.

@@ -30,9 +30,11 @@ def _loss(backend, copies):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
 
+@pytest.mark.parametrize("forward_kernel", [False, True])
 @pytest.mark.parametrize("copies", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(2, 8, 24), (3, 2, 40)])  # 2 programs of 8 rows; 3 of 2 rows
-def test_the_kernel_gives_autodiffs_gradients(copies, shape):
+def test_the_kernel_gives_autodiffs_gradients(copies, shape, forward_kernel, monkeypatch):
+    monkeypatch.setattr(norm_kernels, "FORWARD_KERNEL", forward_kernel)
     x, delta, weight = _inputs(shape)
     want_value, want_grads = _loss("xla", copies)(x, delta, weight)
     value, grads = _loss("pallas", copies)(x, delta, weight)
@@ -42,9 +44,10 @@ def test_the_kernel_gives_autodiffs_gradients(copies, shape):
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 24), (3, 2, 40)])
-def test_the_forward_kernel_rounds_as_xla(shape):
+def test_the_forward_kernel_rounds_as_xla(shape, monkeypatch):
     """s bit for bit (one rounding of the bf16 sum); n within one bf16 rounding (the row's sum runs in another
     order), both in and out of autodiff."""
+    monkeypatch.setattr(norm_kernels, "FORWARD_KERNEL", True)
     x, delta, weight = _inputs(shape, jnp.bfloat16)
     want_s, (want_normed, _) = norm_kernels.add_norm(x, delta, weight, EPS, 2, "xla")
     (s, normed), _ = jax.vjp(lambda x, d, w: norm_kernels.add_norm(x, d, w, EPS, 2, "pallas"), x, delta, weight)

@@ -1,5 +1,5 @@
-"""A residual add and the RMSNorm after it as one op, forward and backward each one Pallas (Triton) kernel on
-NVIDIA GPUs.
+"""A residual add and the RMSNorm after it as one op, whose backward (and, once timed, forward) is one Pallas
+(Triton) kernel on NVIDIA GPUs.
 
 ``add_norm(x, delta, weight, eps, copies, backend)`` returns ``(s, (n, ...))``: s = x + delta, the residual
 stream going on, and ``copies`` references to n = rmsnorm(s) * weight, one for each matrix product that reads it
@@ -7,8 +7,10 @@ stream going on, and ``copies`` references to n = rmsnorm(s) * weight, one for e
 so the backward receives them apart.
 
 Forward: XLA makes two passes, a reduction that reads x and delta and writes s and each row's scale, and an
-element-wise pass that reads s again and writes n. The kernel reads x and delta once and writes s and n once.
-It rounds as XLA does; only the order of the sum over each row differs.
+element-wise pass that reads s again and writes n. A kernel reads x and delta once and writes s and n once. It
+rounds as XLA does; only the order of the sum over each row differs. It has not run on a GPU yet, so the model
+keeps XLA's forward (``FORWARD_KERNEL``) until bench/norm_kernels.py and bench/step_variants.py's
+``norm_forward_kernel`` have timed it.
 
 Backward: left to autodiff, XLA makes two passes over [B, T, D] arrays: one reads s and the products' input
 gradients, writes their sum and reduces each row; the other reads the sum, s and the residual stream's gradient
@@ -18,9 +20,8 @@ gradient and each input gradient once and writes d x once (6 and 5), in float32 
 the same array. The weight's gradient leaves as one float32 row per program, which XLA sums. Timed in paired
 rounds against the same step with ``norm_backend="xla"`` (one H200, 2026-12-04, bench/step_variants.py
 --variants=base,xla_norm --peer), the backward kernel alone took the step from 215.5 to 214.5 ms: 1 ms, not the
-2.6 that the bytes promise. The block (8 rows, 16 warps) was chosen by reasoning, not by a sweep; the forward
-kernel has not run on a GPU yet (bench/norm_kernels.py sweeps both, bench/step_variants.py's
-``xla_norm_forward`` times the step without it).
+2.6 that the bytes promise. The block (8 rows, 16 warps) was chosen by reasoning, not by a sweep
+(bench/norm_kernels.py sweeps both kernels' blocks).
 
 ``config.model.norm_backend`` picks as ``mlp_backend`` does (mlp_kernels.py): "auto" runs the kernels on a single
 GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it; under
@@ -40,6 +41,9 @@ from jax.experimental.pallas import triton as plt
 from drope_jax import sharding
 
 ROWS, WARPS = 8, 16  # rows a program takes (all of each, padded to a power of two); warps a program runs
+# The forward kernel joins the backward's once it is timed in the step: bench/step_variants.py's
+# `norm_forward_kernel` sets this.
+FORWARD_KERNEL = False
 _ROW = ("batch", "seq", None)  # the kernel needs each row whole on one device
 
 
@@ -130,17 +134,19 @@ def _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
     return s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies
 
 
-def _kernel_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
+def _forward(x_BTD, delta_BTD, weight_D, eps, copies):
+    if not FORWARD_KERNEL:
+        return _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
     s_BTD, n_BTD = sharding.on_each_device(functools.partial(add_norm_forward, eps=eps), (x_BTD, delta_BTD, weight_D),
                                            (_ROW, _ROW, (None,)), (_ROW, _ROW))
     return s_BTD, (n_BTD,) * copies
 
 
-_pallas_add_norm = jax.custom_vjp(_kernel_add_norm, nondiff_argnums=(3, 4))
+_pallas_add_norm = jax.custom_vjp(_forward, nondiff_argnums=(3, 4))
 
 
 def _pallas_add_norm_fwd(x_BTD, delta_BTD, weight_D, eps, copies):
-    out = _kernel_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
+    out = _forward(x_BTD, delta_BTD, weight_D, eps, copies)
     return out, (out[0], weight_D)
 
 
