@@ -295,7 +295,7 @@ def main():
             rounds = times[timing, name]
             all_ms = [t * 1e3 for rnd in rounds for t in rnd]
             per_round = [statistics.median(rnd) * 1e3 for rnd in rounds]
-            line = (f"{name:16s} step {statistics.median(all_ms):6.1f} ms (rounds {min(per_round):.1f} to "
+            line = (f"{name:20s} step {statistics.median(all_ms):6.1f} ms (rounds {min(per_round):.1f} to "
                     f"{max(per_round):.1f}) | {tokens / statistics.median(all_ms) * 1e3:,.0f} tokens/s")
             result = {"name": name, "timing": timing, "step_ms": statistics.median(all_ms), "round_ms": per_round}
             if "peer" in runners and name != "peer":
