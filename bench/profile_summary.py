@@ -82,6 +82,7 @@ def summarize(trace_dir: str, steps: int, top: int, hlo_dir: str = "") -> None:
     for kind, ms in by_kind.most_common():
         print(f"  {kind:20s} {ms:8.2f} ms  {ms / total:6.1%}")
     print_idle(intervals, steps)
+    print_host(data.planes, steps)
     print(f"\ntop {top} kernel families (numbered copies summed; ms per step):")
     for family, ms in by_family.most_common(top):
         print(f"  {ms:8.2f} ms  {family[:110]}")
@@ -114,6 +115,24 @@ def print_idle(intervals, steps: int, top: int = 12) -> None:
           f"({len(gaps) / steps:.0f} idle stretches a step); the longest (ms, after -> before):")
     for ms, after, before in sorted(gaps, reverse=True)[:top]:
         print(f"  {ms:7.3f}  {after[:60]} -> {before[:60]}")
+
+
+def print_host(planes, steps: int, top: int = 15) -> None:
+    """The host's time by event name, XLA's and PJRT's own (Python's, named "$file:line", left out): what
+    launching a step costs, and where the host waits (a conditional's predicate, a wait for completion)."""
+    totals, calls = collections.Counter(), collections.Counter()
+    for plane in planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                if not event.name.startswith("$"):
+                    totals[event.name] += event.duration_ns / 1e6 / steps
+                    calls[event.name] += 1
+    print(f"\nhost time by event (ms per step, calls per step; a nested event counts in its own line and its "
+          f"parent's), top {top}:")
+    for name, ms in totals.most_common(top):
+        print(f"  {ms:8.2f} ms  x{calls[name] / steps:<5.0f} {name[:100]}")
 
 
 def main():

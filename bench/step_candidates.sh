@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# The step's open candidates on one GPU, in one call (about 9 minutes; docs/performance.md, "The last 1%"):
-#   1. bench/norm_kernels.py: the residual add + RMSNorm's forward and backward kernels over their blocks and warps,
-#      against XLA, at the attention's norm (3 input gradients) and the MLP's (2);
-#   2. bench/step_variants.py: the library's step against the same step with the norm's forward kernel
-#      (norm_forward_kernel) and with the skipped update as a lax.cond (cond_skip, the library before), and the
-#      PyTorch peer, in paired rounds, each step waited for and back to back.
-#
-#   bash bench/step_candidates.sh [STEP_VARIANTS]    (repo root on the GPU machine; logs in $OUT)
+# The step's open candidates on one GPU (docs/performance.md, "The last 1%"), in two calls:
+#   bash bench/step_candidates.sh norm      about 3 minutes: bench/norm_kernels.py, the residual add + RMSNorm's
+#       forward and backward kernels over their blocks and warps against XLA, at the attention's norm (3 input
+#       gradients) and the MLP's (2);
+#   bash bench/step_candidates.sh step [VARIANTS]   about 7 minutes: bench/step_variants.py, the library's step
+#       against the same step with the norm's forward kernel (norm_forward_kernel) and with the skipped update as a
+#       select, not a lax.cond (select_skip), and the PyTorch peer, in paired rounds, each step waited for and back
+#       to back; then a trace of 3 steps of each variant, summed by bench/profile_summary.py.
+# Repo root on the GPU machine; logs in $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/step_candidates}
+ROOT=${BENCH_DIR:-/tmp/step_candidates_work}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
-mkdir -p "$OUT"
-(cd bench && timeout 200 python3 norm_kernels.py --copies=3 && timeout 120 python3 norm_kernels.py --copies=2) 2>&1 \
-  | grep -v -i warn | tee "$OUT/1_norm_kernels.log"
-timeout 420 python3 bench/step_variants.py --variants="${1:-base,norm_forward_kernel,cond_skip}" --peer \
-  --timing=both --rounds=4 2>&1 | grep -v -i warn | tee "$OUT/2_step_variants.log"
+mkdir -p "$OUT" "$ROOT"
+case "${1:-}" in
+  norm)
+    (cd bench && timeout 200 python3 norm_kernels.py --copies=3 && timeout 150 python3 norm_kernels.py --copies=2) \
+      2>&1 | grep -v -i warn | tee "$OUT/1_norm_kernels.log" ;;
+  step)
+    variants=${2:-base,norm_forward_kernel,select_skip}
+    rm -rf "$ROOT/prof"
+    timeout 480 python3 bench/step_variants.py --variants="$variants" --peer --timing=both --rounds=4 \
+      --profile_dir="$ROOT/prof" 2>&1 | grep -v -i warn | tee "$OUT/2_step_variants.log"
+    for v in ${variants//,/ }; do
+      timeout 60 python3 bench/profile_summary.py "$ROOT/prof/$v" --top=25 > "$OUT/3_profile_$v.txt" 2>&1
+    done
+    head -30 "$OUT/3_profile_base.txt" ;;
+  *) echo "usage: bash bench/step_candidates.sh norm | step [VARIANTS]" >&2; exit 2 ;;
+esac

@@ -23,8 +23,8 @@ unchanged):
   gradient, writing both gradients) instead of autodiff's;
 - `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly);
 - `both`: `qkv_fused` and `swiglu_vjp`;
-- `cond_skip`: the skipped update on a non-finite step as a `lax.cond`, as the library had it before
-  train/step.py's `update_if_finite` (a select); on GPU the cond's predicate goes to the host, which waits for it;
+- `select_skip`: the skipped update of a non-finite step as a select (`jnp.where` over the update and the optimizer
+  state) instead of train/step.py's `lax.cond`, whose predicate goes to the host, which waits for it;
 - `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm by XLA and autodiff, without
   norm_kernels.py's kernels);
 - `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL);
@@ -118,15 +118,16 @@ def mlp_gate_up_fused(self, x_BTD):
     return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
 
-def update_if_finite_cond(tx, grads, opt_state, params, finite):
-    return jax.lax.cond(finite, lambda: tx.update(grads, opt_state, params),
-                        lambda: (jax.tree.map(jnp.zeros_like, params), opt_state))
+def update_if_finite_select(tx, grads, opt_state, params, finite):
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+    return updates, jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
 
 
 PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused)],
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
            "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused)],
-           "cond_skip": [(train_step, "update_if_finite", update_if_finite_cond)],
+           "select_skip": [(train_step, "update_if_finite", update_if_finite_select)],
            "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["base"] = []

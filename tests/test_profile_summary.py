@@ -71,3 +71,22 @@ def test_idle_time_counts_only_when_no_stream_runs_a_kernel(capsys):
     out = capsys.readouterr().out
     assert "GPU idle: 1.50 ms per step of a 20.0 ms span (1 idle stretches a step)" in out
     assert out.index("2.000  b -> c") < out.index("1.000  c -> d")
+
+
+def test_host_time_sums_xla_events_per_step_and_leaves_python_out(capsys):
+    from types import SimpleNamespace as NS
+
+    def event(name, ms):
+        return NS(name=name, duration_ns=ms * 10**6)
+
+    planes = [NS(name="/host:CPU", lines=[NS(name="python", events=[event("$profiler.py:307 trace", 50),
+                                                                        event("PjitFunction(step)", 5),
+                                                                        event("PjitFunction(step)", 3)]),
+                                          NS(name="tf_pjrt", events=[event("ConditionalThunk", 3),
+                                                                     event("ConditionalThunk", 1)])]),
+              NS(name="/device:GPU:0", lines=[NS(name="Stream #1", events=[event("gemm", 100)])])]
+    SUMMARY.print_host(planes, steps=2)
+    out = capsys.readouterr().out
+    assert "4.00 ms  x1     PjitFunction(step)" in out and "2.00 ms  x1     ConditionalThunk" in out
+    assert "profiler.py" not in out and "gemm" not in out
+    assert out.index("PjitFunction") < out.index("ConditionalThunk")

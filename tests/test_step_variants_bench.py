@@ -62,7 +62,7 @@ def test_back_to_back_timing_launches_every_step_and_waits_once():
     assert calls == ["launch", "wait"] * 2
 
 
-def test_the_cond_skip_updates_as_the_librarys_select():
+def test_the_select_skip_updates_as_the_librarys_cond():
     import optax
 
     from drope_jax.train import step
@@ -71,7 +71,7 @@ def test_the_cond_skip_updates_as_the_librarys_select():
     tx = optax.adamw(0.1)
     opt_state = tx.init(params)
     for finite, grad in ((True, jnp.ones((2, 3))), (False, jnp.full((2, 3), jnp.nan))):
-        got = BENCH.update_if_finite_cond(tx, {"w": grad}, opt_state, params, jnp.asarray(finite))
+        got = BENCH.update_if_finite_select(tx, {"w": grad}, opt_state, params, jnp.asarray(finite))
         want = step.update_if_finite(tx, {"w": grad}, opt_state, params, jnp.asarray(finite))
         jax.tree.map(np.testing.assert_array_equal, got, want)
         assert bool(jnp.any(got[0]["w"] != 0)) == finite
