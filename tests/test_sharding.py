@@ -237,4 +237,3 @@ def test_nonfinite_step_is_skipped():
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), after["opt_state"], before["opt_state"])
     assert int(after["step"]) == int(before["step"]) + 1
     assert np.count_nonzero(np.isnan(after["params"]["blocks"]["mlp"]["up_DF"])) == 1
-

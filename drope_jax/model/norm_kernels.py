@@ -112,7 +112,7 @@ def _row_call(kernel, shape_BTD, rows: int, num_warps: int, eps: float, out_shap
 def add_norm_forward(x_BTD, delta_BTD, weight_D, eps: float, rows: int = ROWS, num_warps: int = WARPS):
     """(s, n) of add_norm: one read of x and delta, one write of s and of n."""
     flat = jax.ShapeDtypeStruct((x_BTD.size,), x_BTD.dtype)
-    s, n = _row_call(_add_norm_forward_kernel, x_BTD.shape, rows, num_warps, eps, lambda *_: [flat, flat],
+    s, n = _row_call(_add_norm_forward_kernel, x_BTD.shape, rows, num_warps, eps, lambda programs, width: [flat, flat],
                      x_BTD, delta_BTD, weight_D)
     return s.reshape(x_BTD.shape), n.reshape(x_BTD.shape)
 
