@@ -3,10 +3,11 @@
 #   bash bench/step_candidates.sh norm      about 3 minutes: bench/norm_kernels.py, the residual add + RMSNorm's
 #       forward and backward kernels over their blocks and warps against XLA, at the attention's norm (3 input
 #       gradients) and the MLP's (2);
-#   bash bench/step_candidates.sh step [VARIANTS]   about 7 minutes: bench/step_variants.py, the library's step
-#       against the same step with the norm's forward kernel (norm_forward_kernel) and with the skipped update as a
-#       select, not a lax.cond (select_skip), and the PyTorch peer, in paired rounds, each step waited for and back
-#       to back; then a trace of 3 steps of each variant, summed by bench/profile_summary.py.
+#   bash bench/step_candidates.sh step [VARIANTS]   about 8 minutes: bench/step_variants.py, the library's step
+#       against the same step with the norm's forward kernel (norm_forward_kernel), with the skipped update as a
+#       select, not a lax.cond (select_skip), and without XLA's command buffers (CUDA graphs), and the PyTorch peer,
+#       in paired rounds, each step waited for and back to back; then a trace of 3 steps of each variant, summed by
+#       bench/profile_summary.py.
 # Repo root on the GPU machine; logs in $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -19,12 +20,12 @@ case "${1:-}" in
     (cd bench && timeout 200 python3 norm_kernels.py --copies=3 && timeout 150 python3 norm_kernels.py --copies=2) \
       2>&1 | grep -v -i warn | tee "$OUT/1_norm_kernels.log" ;;
   step)
-    variants=${2:-base,norm_forward_kernel,select_skip}
+    variants=${2:-base,norm_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=}
     rm -rf "$ROOT/prof"
-    timeout 480 python3 bench/step_variants.py --variants="$variants" --peer --timing=both --rounds=4 \
+    timeout 540 python3 bench/step_variants.py --variants="$variants" --peer --timing=both --rounds=4 \
       --profile_dir="$ROOT/prof" 2>&1 | grep -v -i warn | tee "$OUT/2_step_variants.log"
     for v in ${variants//,/ }; do
-      timeout 60 python3 bench/profile_summary.py "$ROOT/prof/$v" --top=25 > "$OUT/3_profile_$v.txt" 2>&1
+      timeout 60 python3 bench/profile_summary.py "$ROOT/prof/$v" --top=25 > "$OUT/3_profile_${v//[^A-Za-z0-9_]/_}.txt" 2>&1
     done
     head -30 "$OUT/3_profile_base.txt" ;;
   *) echo "usage: bash bench/step_candidates.sh norm | step [VARIANTS]" >&2; exit 2 ;;
