@@ -4,10 +4,10 @@
 #       forward and backward kernels over their blocks and warps against XLA, at the attention's norm (3 input
 #       gradients) and the MLP's (2);
 #   bash bench/step_candidates.sh step [VARIANTS]   about 8 minutes: bench/step_variants.py, the library's step
-#       against the same step with the norm's forward kernel (norm_forward_kernel), with the skipped update as a
-#       select, not a lax.cond (select_skip), and without XLA's command buffers (CUDA graphs), and the PyTorch peer,
-#       in paired rounds, each step waited for and back to back; then a trace of 3 steps of each variant, summed by
-#       bench/profile_summary.py.
+#       against the same step with the norm's forward kernel (norm_forward_kernel), with the query, key and value as
+#       one product reading one copy of the norm (qkv_fused), and without XLA's command buffers (CUDA graphs), and
+#       the PyTorch peer, in paired rounds, each step waited for and back to back; then a trace of 3 steps of each
+#       variant, summed by bench/profile_summary.py. Next in line: select_skip, gate_up_fused.
 # Repo root on the GPU machine; logs in $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ case "${1:-}" in
     (cd bench && timeout 200 python3 norm_kernels.py --copies=3 && timeout 150 python3 norm_kernels.py --copies=2) \
       2>&1 | grep -v -i warn | tee "$OUT/1_norm_kernels.log" ;;
   step)
-    variants=${2:-base,norm_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=}
+    variants=${2:-base,norm_forward_kernel,qkv_fused,xla:xla_gpu_enable_command_buffer=}
     rm -rf "$ROOT/prof"
     timeout 540 python3 bench/step_variants.py --variants="$variants" --peer --timing=both --rounds=4 \
       --profile_dir="$ROOT/prof" 2>&1 | grep -v -i warn | tee "$OUT/2_step_variants.log"

@@ -18,10 +18,12 @@ Variants (each replaces one function of the model or step while it is traced; pa
 unchanged):
 - `base`: the model as it is;
 - `qkv_fused`: one matrix product with the query, key and value weights concatenated on the fly
-  ([896, 1152]), its output split, so the backward's input gradient is one product too;
+  ([896, 1152]), its output split, so the backward's input gradient is one product too, and the norm before it
+  hands out one copy, not three (norm_kernels.py's backward then reads one input gradient);
 - `swiglu_vjp`: silu(gate) * up with a hand-written backward (one pass over gate, up and the incoming
   gradient, writing both gradients) instead of autodiff's;
-- `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly);
+- `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly), reading one
+  copy of the norm;
 - `both`: `qkv_fused` and `swiglu_vjp`;
 - `select_skip`: the skipped update of a non-finite step as a select (`jnp.where` over the update and the optimizer
   state) instead of train/step.py's `lax.cond`, whose predicate goes to the host, which waits for it;
@@ -64,7 +66,7 @@ from drope_jax.train.setup import make_setup
 
 
 def project_qkv_fused(self, x_BTD):
-    x_BTD = transformer.per_product(x_BTD, 1)[0]  # one product: with norm_kernels' copies, the first copy
+    (x_BTD,) = transformer.per_product(x_BTD, 1)  # one product, so one copy of the norm
     dt = x_BTD.dtype
     d, n, h = self.q_DNH.shape
     k = self.k_DKH.shape[1]
@@ -110,7 +112,7 @@ def mlp_swiglu_vjp(self, x_BTD):
 
 
 def mlp_gate_up_fused(self, x_BTD):
-    x_BTD = transformer.per_product(x_BTD, 1)[0]
+    (x_BTD,) = transformer.per_product(x_BTD, 1)
     dt = x_BTD.dtype
     gate_up_DCF = jnp.stack([self.gate_DF[...], self.up_DF[...]], axis=1).astype(dt)
     gate_up_BTCF = jnp.einsum("BTD,DCF->BTCF", x_BTD, gate_up_DCF)
@@ -124,9 +126,10 @@ def update_if_finite_select(tx, grads, opt_state, params, finite):
     return updates, jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
 
 
-PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused)],
+PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused),
+                         (transformer.Attention, "input_copies", 1)],
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
-           "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused)],
+           "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused), (transformer.MLP, "input_copies", 1)],
            "select_skip": [(train_step, "update_if_finite", update_if_finite_select)],
            "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]

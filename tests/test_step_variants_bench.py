@@ -34,7 +34,7 @@ def _module_and_input(module_cls):
 def test_the_fused_query_key_value_projection_equals_the_models():
     attention, x_BTD = _module_and_input(transformer.Attention)
     want_qkv = attention._project_qkv(x_BTD)
-    for x in (x_BTD, (x_BTD,) * 3):  # an array, or one copy per product as the norm kernel hands them out
+    for x in (x_BTD, (x_BTD,)):  # an array, or the one copy that the norm kernel hands a single product
         for got, want in zip(BENCH.project_qkv_fused(attention, x), want_qkv):
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -42,8 +42,8 @@ def test_the_fused_query_key_value_projection_equals_the_models():
 
 def test_the_mlp_rewrites_equal_the_models_mlp():
     mlp, x_BTD = _module_and_input(transformer.MLP)
-    for rewrite in (BENCH.mlp_gate_up_fused, BENCH.mlp_swiglu_vjp):
-        for x in (x_BTD, (x_BTD,) * 2):
+    for rewrite, copies in ((BENCH.mlp_gate_up_fused, 1), (BENCH.mlp_swiglu_vjp, 2)):
+        for x in (x_BTD, (x_BTD,) * copies):
             np.testing.assert_allclose(rewrite(mlp, x), mlp(x_BTD), rtol=1e-5, atol=1e-6)
 
 
@@ -98,3 +98,31 @@ def test_norm_forward_kernel_puts_the_forward_kernel_before_the_backward_kernel(
     assert pallas_calls() == 1 and not norm_kernels.FORWARD_KERNEL
     for got, want in zip(grads, jax.grad(loss, argnums=(0, 1, 2))(x, delta, weight)):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=1e-2)
+
+
+def test_the_fused_projections_hand_the_norm_kernel_one_copy(monkeypatch):
+    """Under qkv_fused and gate_up_fused the model computes what it did, and norm_kernels.py's backward gets one
+    input gradient where a single product reads the norm."""
+    from drope_jax.model import norm_kernels
+
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=24,
+                      compute_dtype="float32", norm_backend="pallas").validate()
+    graphdef, params = nnx.split(transformer.Transformer(cfg, nnx.Rngs(0)))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 8)))
+
+    def loss(params):
+        return jnp.mean(jax.nn.log_softmax(nnx.merge(graphdef, params)(tokens))[..., 1])
+
+    copies = []
+    backward = norm_kernels.add_norm_backward
+    monkeypatch.setattr(norm_kernels, "add_norm_backward",
+                        lambda s, d_s, w, d_ns, eps: copies.append(len(d_ns)) or backward(s, d_s, w, d_ns, eps))
+    want_loss, want_grads = jax.value_and_grad(loss)(params)
+    assert sorted(set(copies)) == [1, 2, 3]  # the final norm; the MLP's; the attention's
+    for variant, one_copy_norms in (("qkv_fused", "attention"), ("gate_up_fused", "mlp")):
+        copies.clear()
+        with BENCH.patched(variant):
+            got_loss, got_grads = jax.value_and_grad(loss)(params)
+        assert sorted(set(copies)) == ([1, 2] if one_copy_norms == "attention" else [1, 3])
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got_grads, want_grads)

@@ -54,6 +54,8 @@ def per_product(x, count: int):
 
 
 class Attention(nnx.Module):
+    input_copies = 3  # matrix products that read the input (query, key, value): norm_kernels.add_norm's copies
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
         self.cfg = cfg
@@ -71,7 +73,7 @@ class Attention(nnx.Module):
             self.q_norm, self.k_norm = RMSNorm(h, cfg, rngs), RMSNorm(h, cfg, rngs)
 
     def _project_qkv(self, x_BTD):
-        xq_BTD, xk_BTD, xv_BTD = per_product(x_BTD, 3)
+        xq_BTD, xk_BTD, xv_BTD = per_product(x_BTD, self.input_copies)
         dt = xq_BTD.dtype
         q_BTNH = jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt))
         k_BTKH = jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt))
@@ -143,6 +145,8 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
+    input_copies = 2  # gate, up
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         d, f = cfg.d_model, cfg.mlp_dim
@@ -151,7 +155,7 @@ class MLP(nnx.Module):
         self.down_FD = _param(rngs, (f, d), ("mlp", "embed"), cfg)
 
     def __call__(self, x_BTD):
-        x_gate_BTD, x_up_BTD = per_product(x_BTD, 2)
+        x_gate_BTD, x_up_BTD = per_product(x_BTD, self.input_copies)
         dt = x_gate_BTD.dtype
         gate_BTF = jnp.einsum("BTD,DF->BTF", x_gate_BTD, self.gate_DF[...].astype(dt))
         up_BTF = jnp.einsum("BTD,DF->BTF", x_up_BTD, self.up_DF[...].astype(dt))
@@ -173,11 +177,11 @@ class Block(nnx.Module):
         (norm_kernels.add_norm). Without it, delta is None: x is the stream, as remat saves it. Returns
         (x, delta, the updated kv cache)."""
         with jax.named_scope("attention"):  # the scopes name a profile's kernels (bench/profile_summary.py)
-            x_BTD, normed = self.attn_norm.add_and_norm(x_BTD, delta_BTD, 3)
+            x_BTD, normed = self.attn_norm.add_and_norm(x_BTD, delta_BTD, self.attn.input_copies)
             attn_BTD, new_kv = self.attn(normed, positions_BT, segment_ids_BT, pos, use_qk_norm, positional,
                                          kv_cache, query_chunk, pos_table)
         with jax.named_scope("mlp"):
-            x_BTD, normed = self.mlp_norm.add_and_norm(x_BTD, attn_BTD, 2)
+            x_BTD, normed = self.mlp_norm.add_and_norm(x_BTD, attn_BTD, self.mlp.input_copies)
             mlp_BTD = self.mlp(normed)
         if delta_BTD is None:
             return constrain(x_BTD + mlp_BTD, _RESIDUAL), None, new_kv
