@@ -105,7 +105,7 @@ def test_the_fused_projections_hand_the_norm_kernel_one_copy(monkeypatch):
     input gradient where a single product reads the norm."""
     from drope_jax.model import norm_kernels
 
-    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=24,
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
                       compute_dtype="float32", norm_backend="pallas").validate()
     graphdef, params = nnx.split(transformer.Transformer(cfg, nnx.Rngs(0)))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 32, (2, 8)))
@@ -117,12 +117,12 @@ def test_the_fused_projections_hand_the_norm_kernel_one_copy(monkeypatch):
     backward = norm_kernels.add_norm_backward
     monkeypatch.setattr(norm_kernels, "add_norm_backward",
                         lambda s, d_s, w, d_ns, eps: copies.append(len(d_ns)) or backward(s, d_s, w, d_ns, eps))
-    want_loss, want_grads = jax.value_and_grad(loss)(params)
+    want_loss, want_grads = jax.jit(jax.value_and_grad(loss))(params)
     assert sorted(set(copies)) == [1, 2, 3]  # the final norm; the MLP's; the attention's
     for variant, one_copy_norms in (("qkv_fused", "attention"), ("gate_up_fused", "mlp")):
         copies.clear()
         with BENCH.patched(variant):
-            got_loss, got_grads = jax.value_and_grad(loss)(params)
+            got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(params)
         assert sorted(set(copies)) == ([1, 2] if one_copy_norms == "attention" else [1, 3])
         np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
         jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got_grads, want_grads)
