@@ -22,7 +22,7 @@ from drope_jax.model import norm_kernels
 from timing import timed_row
 
 ROWS = (1, 2, 4, 8, 16)
-WARPS = (4, 8, 16)
+WARPS = (2, 4, 8, 16)
 EPS = 1e-6
 
 
