@@ -7,7 +7,8 @@
 #       against the same step with the norm's forward kernel (norm_forward_kernel), with the query, key and value as
 #       one product reading one copy of the norm (qkv_fused), and without XLA's command buffers (CUDA graphs), and
 #       the PyTorch peer, in paired rounds, each step waited for and back to back; then a trace of 3 steps of each
-#       variant, summed by bench/profile_summary.py. Next in line: select_skip, gate_up_fused.
+#       variant, summed by bench/profile_summary.py. Next in line: select_skip, gate_up_fused,
+#       xla:xla_gpu_enable_cublaslt (the profile's 531 memsets a step, 2.65 ms, may be cuBLAS's).
 # Repo root on the GPU machine; logs in $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
