@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The step's open candidates on one GPU (docs/performance.md, "The last 1%"), in two calls:
-#   bash bench/step_candidates.sh norm      about 3 minutes: bench/norm_kernels.py, the residual add + RMSNorm's
-#       forward and backward kernels over their blocks and warps against XLA, at the attention's norm (3 input
-#       gradients) and the MLP's (2);
+#   bash bench/step_candidates.sh norm      about 5 minutes: bench/norm_kernels.py, the residual add + RMSNorm's
+#       forward and backward kernels over their launches (rows a program, rows at a time, warps) against XLA, at
+#       the attention's norm (3 input gradients) and the MLP's (2);
 #   bash bench/step_candidates.sh step [VARIANTS]   about 8 minutes: bench/step_variants.py, the library's step
 #       against the same step with the norm's forward kernel (norm_forward_kernel), with the query, key and value as
 #       one product reading one copy of the norm (qkv_fused), and without XLA's command buffers (CUDA graphs), and
@@ -18,7 +18,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
 mkdir -p "$OUT" "$ROOT"
 case "${1:-}" in
   norm)
-    (cd bench && timeout 200 python3 norm_kernels.py --copies=3 && timeout 150 python3 norm_kernels.py --copies=2) \
+    (cd bench && timeout 300 python3 norm_kernels.py --copies=3 && \
+      timeout 200 python3 norm_kernels.py --passes=backward --copies=2) \
       2>&1 | grep -v -i warn | tee "$OUT/1_norm_kernels.log" ;;
   step)
     variants=${2:-base,norm_forward_kernel,qkv_fused,xla:xla_gpu_enable_command_buffer=}

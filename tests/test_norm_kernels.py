@@ -77,3 +77,21 @@ def test_the_backend_setting_is_checked():
     with pytest.raises(ConfigError, match="config.model.norm_backend"):
         ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=2, num_kv_heads=2, mlp_dim=8,
                     norm_backend="triton").validate()
+
+
+@pytest.mark.parametrize("rows, chunk", [(8, 2), (4, 4), (8, 8)])
+def test_a_program_takes_its_rows_a_chunk_at_a_time(rows, chunk):
+    """Both kernels called directly, with a program's rows in 4, 1 and 1 chunks: XLA's values, and one d weight row
+    a program."""
+    x, delta, weight = _inputs((2, 8, 24))
+    d_s, d_n1, d_n2 = (jnp.asarray(np.random.default_rng(i).standard_normal((2, 8, 24)), jnp.float32)
+                       for i in (1, 2, 3))
+    (want_s, want_normed), vjp = jax.vjp(lambda x, w: norm_kernels.add_norm(x, delta, w, EPS, 2, "xla"), x, weight)
+    want_d_x, want_d_weight = vjp((d_s, (d_n1, d_n2)))
+    s, n = norm_kernels.add_norm_forward(x, delta, weight, EPS, rows, chunk, num_warps=4)
+    np.testing.assert_allclose(s, want_s, rtol=1e-6)
+    np.testing.assert_allclose(n, want_normed[0], rtol=1e-5, atol=1e-6)
+    d_x, d_weight_rows = norm_kernels.add_norm_backward(s, d_s, weight, (d_n1, d_n2), EPS, rows, chunk, num_warps=4)
+    assert d_weight_rows.shape == (2, 8 // rows, 32)
+    np.testing.assert_allclose(d_x, want_d_x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jnp.sum(d_weight_rows, axis=(0, 1))[:24], want_d_weight, rtol=1e-4, atol=1e-5)

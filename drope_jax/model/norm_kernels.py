@@ -20,8 +20,9 @@ gradient and each input gradient once and writes d x once (6 and 5), in float32 
 the same array. The weight's gradient leaves as one float32 row per program, which XLA sums. Timed in paired
 rounds against the same step with ``norm_backend="xla"`` (one H200, 2026-12-04, bench/step_variants.py
 --variants=base,xla_norm --peer), the backward kernel alone took the step from 215.5 to 214.5 ms: 1 ms, not the
-2.6 that the bytes promise. The block (8 rows, 16 warps) was chosen by reasoning, not by a sweep
-(bench/norm_kernels.py sweeps both kernels' blocks).
+2.6 that the bytes promise. Its launch (8 rows a program, 16 warps) was chosen by reasoning, not by a sweep.
+A program can also take more rows than it holds at a time (``chunk``), which leaves fewer d weight rows for XLA to
+sum; bench/norm_kernels.py sweeps both kernels' launches.
 
 ``config.model.norm_backend`` picks as ``mlp_backend`` does (mlp_kernels.py): "auto" runs the kernels on a single
 GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it; under
@@ -40,7 +41,8 @@ from jax.experimental.pallas import triton as plt
 
 from drope_jax import sharding
 
-ROWS, WARPS = 8, 16  # rows a program takes (all of each, padded to a power of two); warps a program runs
+# Rows a program takes (all of each, padded to a power of two), rows it holds at a time, warps it runs.
+ROWS, CHUNK, WARPS = 8, 8, 16
 # The forward kernel joins the backward's once it is timed in the step: bench/step_variants.py's
 # `norm_forward_kernel` sets this.
 FORWARD_KERNEL = False
@@ -53,78 +55,97 @@ def rmsnorm(x, weight, eps: float):
     return (normed * weight).astype(x.dtype)
 
 
-def _row_block(rows: int, width: int, d: int):
-    """This program's ``rows`` rows of a flat [N * d] array, padded to ``width`` lanes: (index, mask, lanes)."""
+def _row_block(first_row, rows: int, width: int, d: int):
+    """Rows ``first_row`` to ``first_row + rows`` of a flat [N * d] array, padded to ``width`` lanes: (index, mask)."""
     cols = jnp.arange(width)
-    index = (pl.program_id(0) * rows + jnp.arange(rows))[:, None] * d + cols[None, :]
-    return index, jnp.broadcast_to(cols[None, :] < d, (rows, width)), cols
+    index = (first_row + jnp.arange(rows))[:, None] * d + cols[None, :]
+    return index, jnp.broadcast_to(cols[None, :] < d, (rows, width))
 
 
-def _add_norm_forward_kernel(x_ref, delta_ref, weight_ref, s_ref, n_ref, *, rows: int, width: int, eps: float):
+def _load_weight(weight_ref, width: int):
+    cols = jnp.arange(width)
+    return plt.load(weight_ref.at[cols], mask=cols < weight_ref.shape[0], other=0).astype(jnp.float32)
+
+
+def _add_norm_forward_kernel(x_ref, delta_ref, weight_ref, s_ref, n_ref, *, rows: int, chunk: int, width: int,
+                             eps: float):
     d = weight_ref.shape[0]
-    index, inside, cols = _row_block(rows, width, d)
+    weight = _load_weight(weight_ref, width)
+    first = pl.program_id(0) * rows  # outside the loop: Pallas's interpreter cannot lower it inside one
 
-    def load(ref):
-        return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
+    @pl.loop(0, rows // chunk)
+    def _(i):
+        index, inside = _row_block(first + i * chunk, chunk, width, d)
 
-    s = (load(x_ref) + load(delta_ref)).astype(s_ref.dtype)  # one rounding, as XLA's add of two bf16 arrays
-    plt.store(s_ref.at[index], s, mask=inside)
-    s = s.astype(jnp.float32)
-    weight = plt.load(weight_ref.at[cols], mask=cols < d, other=0).astype(jnp.float32)
-    normed = s * jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
-    plt.store(n_ref.at[index], (normed * weight).astype(n_ref.dtype), mask=inside)
+        def load(ref):
+            return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
+
+        s = (load(x_ref) + load(delta_ref)).astype(s_ref.dtype)  # one rounding, as XLA's add of two bf16 arrays
+        plt.store(s_ref.at[index], s, mask=inside)
+        s = s.astype(jnp.float32)
+        normed = s * jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
+        plt.store(n_ref.at[index], (normed * weight).astype(n_ref.dtype), mask=inside)
 
 
-def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, width: int, eps: float):
-    """refs are the n copies' gradients, then d x and d weight's row (one a program)."""
+def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, chunk: int, width: int, eps: float):
+    """refs are the n copies' gradients, then d x and d weight's rows (one a program, summed over its rows)."""
     *d_n_refs, d_x_ref, d_weight_ref = refs
     d = weight_ref.shape[0]
-    index, inside, cols = _row_block(rows, width, d)
+    weight = _load_weight(weight_ref, width)
+    program = pl.program_id(0)
 
-    def load(ref):
-        return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
+    def block(i, d_weight):
+        index, inside = _row_block(program * rows + i * chunk, chunk, width, d)
 
-    s = load(s_ref)
-    weight = plt.load(weight_ref.at[cols], mask=cols < d, other=0).astype(jnp.float32)
-    d_n = sum(load(ref) for ref in d_n_refs)
-    r = jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
-    normed = s * r
-    d_normed = d_n * weight
-    d_s_through_norm = r * (d_normed - normed * (jnp.sum(d_normed * normed, axis=1, keepdims=True) / d))
-    plt.store(d_x_ref.at[index], (load(d_s_ref) + d_s_through_norm).astype(d_x_ref.dtype), mask=inside)
-    plt.store(d_weight_ref.at[pl.program_id(0) * width + cols], jnp.sum(d_n * normed, axis=0))
+        def load(ref):
+            return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
+
+        s = load(s_ref)
+        d_n = sum(load(ref) for ref in d_n_refs)
+        r = jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
+        normed = s * r
+        d_normed = d_n * weight
+        d_s_through_norm = r * (d_normed - normed * (jnp.sum(d_normed * normed, axis=1, keepdims=True) / d))
+        plt.store(d_x_ref.at[index], (load(d_s_ref) + d_s_through_norm).astype(d_x_ref.dtype), mask=inside)
+        return d_weight + jnp.sum(d_n * normed, axis=0)
+
+    d_weight = jax.lax.fori_loop(0, rows // chunk, block, jnp.zeros((width,), jnp.float32))
+    plt.store(d_weight_ref.at[program * width + jnp.arange(width)], d_weight)
 
 
-def _row_call(kernel, shape_BTD, rows: int, num_warps: int, eps: float, out_shape, *args_BTD):
-    """``kernel`` over blocks of ``rows`` rows of [B, T, D] arrays (flattened), one program a block.
-    ``out_shape(programs, width)`` gives the outputs; the rows stay within a sequence (rows divides T)."""
+def _row_call(kernel, shape_BTD, rows: int, chunk: int, num_warps: int, eps: float, out_shape, *args_BTD):
+    """``kernel`` over [B, T, D] arrays (flattened), ``rows`` rows a program, ``chunk`` of them at a time (the
+    block in registers). ``out_shape(programs, width)`` gives the outputs; a program's rows stay within a sequence
+    (rows divides T)."""
     b, t, d = shape_BTD
     rows = math.gcd(t, rows)
     width = pl.next_power_of_2(d)
     programs = b * t // rows
     return pl.pallas_call(  # no block specs: each program indexes the whole flat arrays itself
-        functools.partial(kernel, rows=rows, width=width, eps=eps), grid=(programs,),
+        functools.partial(kernel, rows=rows, chunk=math.gcd(rows, chunk), width=width, eps=eps), grid=(programs,),
         out_shape=out_shape(programs, width), compiler_params=plt.CompilerParams(num_warps=num_warps),
         interpret=sharding.target_platform() != "gpu",
     )(*(a.reshape(-1) if a.ndim == 3 else a for a in args_BTD))
 
 
-def add_norm_forward(x_BTD, delta_BTD, weight_D, eps: float, rows: int = ROWS, num_warps: int = WARPS):
+def add_norm_forward(x_BTD, delta_BTD, weight_D, eps: float, rows: int = ROWS, chunk: int = CHUNK,
+                     num_warps: int = WARPS):
     """(s, n) of add_norm: one read of x and delta, one write of s and of n."""
     flat = jax.ShapeDtypeStruct((x_BTD.size,), x_BTD.dtype)
-    s, n = _row_call(_add_norm_forward_kernel, x_BTD.shape, rows, num_warps, eps, lambda programs, width: [flat, flat],
-                     x_BTD, delta_BTD, weight_D)
+    s, n = _row_call(_add_norm_forward_kernel, x_BTD.shape, rows, chunk, num_warps, eps,
+                     lambda programs, width: [flat, flat], x_BTD, delta_BTD, weight_D)
     return s.reshape(x_BTD.shape), n.reshape(x_BTD.shape)
 
 
-def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int = ROWS, num_warps: int = WARPS):
+def add_norm_backward(s_BTD, d_s_BTD, weight_D, d_n_BTDs, eps: float, rows: int = ROWS, chunk: int = CHUNK,
+                      num_warps: int = WARPS):
     """(d x, d weight's rows [B, T / rows, width]) of add_norm, where d x = d delta: one read of s, d s and each
     d n, one write of d x."""
     def out_shape(programs, width):
         return [jax.ShapeDtypeStruct((s_BTD.size,), s_BTD.dtype),
                 jax.ShapeDtypeStruct((programs * width,), jnp.float32)]
 
-    d_x, d_weight_rows = _row_call(_add_norm_backward_kernel, s_BTD.shape, rows, num_warps, eps, out_shape,
+    d_x, d_weight_rows = _row_call(_add_norm_backward_kernel, s_BTD.shape, rows, chunk, num_warps, eps, out_shape,
                                    s_BTD, d_s_BTD, weight_D, *d_n_BTDs)
     return d_x.reshape(s_BTD.shape), d_weight_rows.reshape(s_BTD.shape[0], -1, pl.next_power_of_2(s_BTD.shape[2]))
 
