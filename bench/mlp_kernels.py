@@ -1,15 +1,17 @@
-"""drope_jax/model/mlp_kernels.py's SwiGLU backward alone on the Table 4 step's activations, across its launch
-parameters, beside XLA's (autodiff of silu(gate) * up).
+"""drope_jax/model/mlp_kernels.py's SwiGLU kernels alone on the Table 4 step's activations, across their launch
+parameters, beside XLA's (silu(gate) * up, and autodiff of it).
 
-  cd bench && python mlp_kernels.py [--batch=32] [--seq_len=1024] [--mlp_dim=4864]
+  cd bench && python mlp_kernels.py [--passes=forward,backward] [--batch=32] [--seq_len=1024] [--mlp_dim=4864]
 
-Random bf16 gate, up and incoming gradient [batch x seq_len, mlp_dim] (319 MB each at the defaults); each
-variant's median time and its rate over the bytes it must move (three reads, two writes), checked against
-XLA's result first. The fastest is printed last, as a line of JSON; mlp_kernels.py's defaults are the fastest of
-one H200's sweep.
+Random bf16 gate, up and incoming gradient [batch x seq_len, mlp_dim] (319 MB each at the defaults). The forward
+reads gate and up and writes their product; the backward reads the three and writes d gate and d up. Each
+variant's median time and its rate over the bytes it must move, checked against XLA's result first. Each pass's
+fastest is printed last, as a line of JSON; mlp_kernels.py's defaults are the fastest of one H200's sweep of the
+backward.
 """
 
 import argparse
+import functools
 import itertools
 import json
 
@@ -26,6 +28,7 @@ WARPS = (4, 8, 16)
 
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--passes", default="forward,backward")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq_len", type=int, default=1024)
     p.add_argument("--mlp_dim", type=int, default=4864)
@@ -36,14 +39,18 @@ def main():
     size = gate.size * gate.dtype.itemsize
     print(f"{jax.devices()[0].device_kind} | gate, up and gradient {shape[0]} x {shape[1]} bf16, {size / 1e9:.2f} GB "
           "each", flush=True)
-    xla = jax.jit(lambda d, g, u: jax.vjp(lambda g, u: jax.nn.silu(g) * u, g, u)[1](d))
-    want = xla(d_h, gate, up)
-    rows = []
-    timed_row("XLA (autodiff)", xla, (d_h, gate, up), 5 * size, want, rows)
-    for block, warps in itertools.product(BLOCKS, WARPS):
-        fn = jax.jit(lambda d, g, u, b=block, w=warps: mlp_kernels.swiglu_backward(d, g, u, b, w))
-        timed_row(f"pallas, block {block}, {warps} warps", fn, (d_h, gate, up), 5 * size, want, rows)
-    print("BEST " + json.dumps(min(rows)))
+    passes = {"forward": (jax.jit(lambda g, u: jax.nn.silu(g) * u), mlp_kernels.swiglu_forward, (gate, up), 3),
+              "backward": (jax.jit(lambda d, g, u: jax.vjp(lambda g, u: jax.nn.silu(g) * u, g, u)[1](d)),
+                           mlp_kernels.swiglu_backward, (d_h, gate, up), 5)}
+    for name in args.passes.split(","):
+        xla, kernel, inputs, arrays_moved = passes[name]
+        print(f"{name}:", flush=True)
+        want, rows = xla(*inputs), []
+        timed_row("XLA", xla, inputs, arrays_moved * size, want, rows)
+        for block, warps in itertools.product(BLOCKS, WARPS):
+            fn = jax.jit(functools.partial(kernel, block=block, num_warps=warps))
+            timed_row(f"pallas, block {block}, {warps} warps", fn, inputs, arrays_moved * size, want, rows)
+        print(f"BEST {name} " + json.dumps(min(rows)), flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ unchanged):
 - `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm by XLA and autodiff, without
   norm_kernels.py's kernels);
 - `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL);
+- `mlp_forward_kernel`: mlp_kernels.py's forward kernel for silu(gate) * up as well as its backward
+  (mlp_kernels.FORWARD_KERNEL);
 - `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
 - `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true),
@@ -59,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from drope_jax import sharding
-from drope_jax.model import norm_kernels, transformer
+from drope_jax.model import mlp_kernels, norm_kernels, transformer
 from drope_jax.run_config import load_module
 from drope_jax.train import step as train_step
 from drope_jax.train.setup import make_setup
@@ -131,7 +133,8 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fus
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
            "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused), (transformer.MLP, "input_copies", 1)],
            "select_skip": [(train_step, "update_if_finite", update_if_finite_select)],
-           "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)]}
+           "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)],
+           "mlp_forward_kernel": [(mlp_kernels, "FORWARD_KERNEL", True)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["base"] = []
 # Variants that change a config setting instead of a method.

@@ -1,6 +1,7 @@
-"""drope_jax/model/mlp_kernels.py's SwiGLU backward computes autodiff's gradients (in Pallas's interpreter here;
-bench/mlp_kernels.py times it on a GPU), on one device and under an 8-device mesh, and config.model.mlp_backend
-picks it where it should; each kernel setting (this one and the loss's) reaches the train step."""
+"""drope_jax/model/mlp_kernels.py's SwiGLU backward computes autodiff's gradients and its forward kernel XLA's
+product to its rounding (in Pallas's interpreter here; bench/mlp_kernels.py times them on a GPU), on one device
+and under an 8-device mesh, and config.model.mlp_backend picks it where it should; each kernel setting (this one
+and the loss's) reaches the train step."""
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +90,23 @@ def test_each_kernel_setting_reaches_the_train_step_and_changes_no_value(setting
     assert "pallas_call" in jaxpr and "pallas_call" not in xla_jaxpr
     np.testing.assert_allclose(got, want, rtol=1e-6)
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7), got_grads, want_grads)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_the_forward_kernel_rounds_once(dtype, monkeypatch):
+    """silu(gate) * up in float32 arithmetic rounded once: within one rounding of the float32 product, and of
+    XLA's bf16 product within four (XLA rounds after each of its three operations). Its gradients are the
+    backward kernel's, as without it."""
+    gate, up, d_h = _gate_up_and_grad((2, 3, 40), dtype)
+    got = np.asarray(mlp_kernels.swiglu_forward(gate, up, block=16), np.float32)
+    gate32, up32 = (np.asarray(a, np.float32) for a in (gate, up))
+    exact = gate32 / (1 + np.exp(-gate32)) * up32
+    one_rounding = 1e-6 if dtype == jnp.float32 else 2 ** -8
+    np.testing.assert_allclose(got, exact, rtol=one_rounding, atol=1e-6)
+    xla = np.asarray(jax.nn.silu(gate) * up, np.float32)
+    np.testing.assert_allclose(got, xla, rtol=4 * one_rounding, atol=1e-6)
+    monkeypatch.setattr(mlp_kernels, "FORWARD_KERNEL", True)
+    value, vjp = jax.vjp(jax.jit(lambda g, u: mlp_kernels.swiglu(g, u, "pallas")), gate, up)
+    np.testing.assert_array_equal(np.asarray(value, np.float32), got)
+    for g, w in zip(vjp(d_h), mlp_kernels.swiglu_backward(d_h, gate, up)):
+        np.testing.assert_array_equal(g, w)

@@ -126,3 +126,22 @@ def test_the_fused_projections_hand_the_norm_kernel_one_copy(monkeypatch):
         assert sorted(set(copies)) == ([1, 2] if one_copy_norms == "attention" else [1, 3])
         np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
         jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got_grads, want_grads)
+
+
+def test_mlp_forward_kernel_puts_the_forward_kernel_before_the_backward_kernel():
+    from drope_jax.model import mlp_kernels
+
+    gate, up = (jnp.asarray(np.random.default_rng(i).standard_normal((2, 4, 8)), jnp.float32) for i in range(2))
+
+    def grad():  # a new function each time, as each variant's step is: jit keeps a function's trace
+        return jax.grad(lambda g, u: jnp.sum(mlp_kernels.swiglu(g, u, "pallas") ** 2), argnums=(0, 1))
+
+    def pallas_calls():
+        return str(jax.make_jaxpr(grad())(gate, up)).count("pallas_call")
+
+    assert pallas_calls() == 1
+    with BENCH.patched("mlp_forward_kernel"):
+        assert pallas_calls() == 2
+        got = jax.jit(grad())(gate, up)
+    assert pallas_calls() == 1 and not mlp_kernels.FORWARD_KERNEL
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), got, grad()(gate, up))

@@ -155,23 +155,13 @@ def _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
     return s_BTD, (rmsnorm(s_BTD, weight_D, eps),) * copies
 
 
-def _forward(x_BTD, delta_BTD, weight_D, eps, copies):
-    if not FORWARD_KERNEL:
-        return _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
+def _kernel_add_norm(x_BTD, delta_BTD, weight_D, eps, copies):
     s_BTD, n_BTD = sharding.on_each_device(functools.partial(add_norm_forward, eps=eps), (x_BTD, delta_BTD, weight_D),
                                            (_ROW, _ROW, (None,)), (_ROW, _ROW))
     return s_BTD, (n_BTD,) * copies
 
 
-_pallas_add_norm = jax.custom_vjp(_forward, nondiff_argnums=(3, 4))
-
-
-def _pallas_add_norm_fwd(x_BTD, delta_BTD, weight_D, eps, copies):
-    out = _forward(x_BTD, delta_BTD, weight_D, eps, copies)
-    return out, (out[0], weight_D)
-
-
-def _pallas_add_norm_bwd(eps, copies, residuals, cotangents):
+def _kernel_backward(eps, copies, residuals, cotangents):
     s_BTD, weight_D = residuals
     d_s_BTD, d_n_BTDs = cotangents
 
@@ -184,7 +174,20 @@ def _pallas_add_norm_bwd(eps, copies, residuals, cotangents):
     return d_x_BTD, d_x_BTD, d_weight_D
 
 
-_pallas_add_norm.defvjp(_pallas_add_norm_fwd, _pallas_add_norm_bwd)
+def _with_backward_kernel(forward):
+    """``forward`` under a custom_vjp whose backward is the kernel. One custom_vjp per forward: JAX keeps a
+    custom_vjp's traced forward, so a flag read inside it would be read once."""
+    def forward_and_residuals(x_BTD, delta_BTD, weight_D, eps, copies):
+        out = forward(x_BTD, delta_BTD, weight_D, eps, copies)
+        return out, (out[0], weight_D)
+
+    fn = jax.custom_vjp(forward, nondiff_argnums=(3, 4))
+    fn.defvjp(forward_and_residuals, _kernel_backward)
+    return fn
+
+
+_backward_kernel_add_norm = _with_backward_kernel(_xla_add_norm)
+_kernels_add_norm = _with_backward_kernel(_kernel_add_norm)
 
 
 def uses_kernel(backend: str) -> bool:
@@ -195,5 +198,7 @@ def uses_kernel(backend: str) -> bool:
 def add_norm(x_BTD, delta_BTD, weight_D, eps: float, copies: int, backend: str = "auto"):
     """(x + delta, ``copies`` references to rmsnorm(x + delta) * weight), with the backward ``backend`` picks
     (config.model.norm_backend). A ``delta`` of None adds nothing (XLA's backward)."""
-    pallas = delta_BTD is not None and uses_kernel(backend)
-    return (_pallas_add_norm if pallas else _xla_add_norm)(x_BTD, delta_BTD, weight_D, eps, copies)
+    if delta_BTD is None or not uses_kernel(backend):
+        return _xla_add_norm(x_BTD, delta_BTD, weight_D, eps, copies)
+    with_kernels = _kernels_add_norm if FORWARD_KERNEL else _backward_kernel_add_norm
+    return with_kernels(x_BTD, delta_BTD, weight_D, eps, copies)
