@@ -67,14 +67,18 @@ def _load_weight(weight_ref, width: int):
     return plt.load(weight_ref.at[cols], mask=cols < weight_ref.shape[0], other=0).astype(jnp.float32)
 
 
+def _for_each_chunk(count: int, body, carry):
+    """carry = body(i, carry) for i < count: a loop only where a program has more than one chunk of rows."""
+    return body(0, carry) if count == 1 else jax.lax.fori_loop(0, count, body, carry)
+
+
 def _add_norm_forward_kernel(x_ref, delta_ref, weight_ref, s_ref, n_ref, *, rows: int, chunk: int, width: int,
                              eps: float):
     d = weight_ref.shape[0]
     weight = _load_weight(weight_ref, width)
     first = pl.program_id(0) * rows  # outside the loop: Pallas's interpreter cannot lower it inside one
 
-    @pl.loop(0, rows // chunk)
-    def _(i):
+    def block(i, carry):
         index, inside = _row_block(first + i * chunk, chunk, width, d)
 
         def load(ref):
@@ -85,6 +89,9 @@ def _add_norm_forward_kernel(x_ref, delta_ref, weight_ref, s_ref, n_ref, *, rows
         s = s.astype(jnp.float32)
         normed = s * jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
         plt.store(n_ref.at[index], (normed * weight).astype(n_ref.dtype), mask=inside)
+        return carry
+
+    _for_each_chunk(rows // chunk, block, None)
 
 
 def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, chunk: int, width: int, eps: float):
@@ -92,7 +99,7 @@ def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, chun
     *d_n_refs, d_x_ref, d_weight_ref = refs
     d = weight_ref.shape[0]
     weight = _load_weight(weight_ref, width)
-    program = pl.program_id(0)
+    program = pl.program_id(0)  # outside the loop, as in the forward
 
     def block(i, d_weight):
         index, inside = _row_block(program * rows + i * chunk, chunk, width, d)
@@ -109,7 +116,7 @@ def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, chun
         plt.store(d_x_ref.at[index], (load(d_s_ref) + d_s_through_norm).astype(d_x_ref.dtype), mask=inside)
         return d_weight + jnp.sum(d_n * normed, axis=0)
 
-    d_weight = jax.lax.fori_loop(0, rows // chunk, block, jnp.zeros((width,), jnp.float32))
+    d_weight = _for_each_chunk(rows // chunk, block, jnp.zeros((width,), jnp.float32))
     plt.store(d_weight_ref.at[program * width + jnp.arange(width)], d_weight)
 
 
