@@ -70,8 +70,8 @@ def swiglu_backward(d_h, gate, up, block: int = BLOCK, num_warps: int = WARPS):
 
 
 def _with_backward_kernel(forward):
-    """``forward`` under a custom_vjp whose backward is the kernel. One custom_vjp per forward: JAX keeps a
-    custom_vjp's traced forward, so a flag read inside it would be read once."""
+    """``forward`` under a custom_vjp whose backward is the kernel: one with XLA's forward, one with the forward
+    kernel, picked where the op is called."""
     fn = jax.custom_vjp(forward)
     fn.defvjp(lambda gate, up: (forward(gate, up), (gate, up)), lambda residuals, d_h: swiglu_backward(d_h, *residuals))
     return fn

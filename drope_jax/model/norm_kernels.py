@@ -182,8 +182,8 @@ def _kernel_backward(eps, copies, residuals, cotangents):
 
 
 def _with_backward_kernel(forward):
-    """``forward`` under a custom_vjp whose backward is the kernel. One custom_vjp per forward: JAX keeps a
-    custom_vjp's traced forward, so a flag read inside it would be read once."""
+    """``forward`` under a custom_vjp whose backward is the kernel: one with XLA's forward, one with the forward
+    kernel, picked where the op is called."""
     def forward_and_residuals(x_BTD, delta_BTD, weight_D, eps, copies):
         out = forward(x_BTD, delta_BTD, weight_D, eps, copies)
         return out, (out[0], weight_D)
