@@ -54,8 +54,8 @@ def update_if_finite(tx, grads, opt_state, params, finite):
     """The optimizer's update and state, or a zero update and the state unchanged where ``finite`` is false.
     A cond, not a select (``jnp.where`` over both): compiled for Table 4 on a v5p-8 at grad_accum 4, the select
     needs 0.9 GiB more a chip (95.31 GiB, which does not fit, against 94.43), whether it selects the update or the
-    new parameters and optimizer state. On GPU the cond copies its predicate
-    to the host, which waits for it; bench/step_variants.py's ``select_skip`` times the select there."""
+    new parameters and optimizer state. On GPU the cond copies its predicate to the host, which waits for it;
+    bench/step_variants.py's ``select_skip`` times the select there."""
     return jax.lax.cond(finite, lambda: tx.update(grads, opt_state, params),
                         lambda: (jax.tree.map(jnp.zeros_like, params), opt_state))
 
