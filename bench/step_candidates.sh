@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The step's open candidates on one GPU (docs/performance.md, "The last 1%"), in three calls of at most 8 minutes:
+# The step's open candidates on one GPU (docs/performance.md, "The last 1%"), in calls of at most 8 minutes:
 #   bash bench/step_candidates.sh kernels   the kernels alone, against XLA, over their launch parameters:
 #       bench/norm_kernels.py (the residual add + RMSNorm, forward and backward, at the attention's norm with 3 input
 #       gradients and the MLP's with 2) and bench/mlp_kernels.py's forward (silu(gate) * up);
@@ -7,8 +7,11 @@
 #       (CUDA graphs), with the norm's forward kernel, and with the query, key and value as one product reading one
 #       copy of the norm, and the PyTorch peer: bench/step_variants.py in paired rounds, each step waited for and
 #       back to back, then a trace of 3 steps of each variant, summed by bench/profile_summary.py;
-#   bash bench/step_candidates.sh step base,mlp_forward_kernel,select_skip,xla:xla_gpu_enable_cublaslt
-#       the same for the next in line (the profile's 531 memsets a step, 2.65 ms, may be cuBLAS's).
+#   bash bench/step_candidates.sh step base,mlp_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=+CONDITIONAL
+#       the same for the next in line: the SwiGLU's forward kernel, and two ways around the host's wait at the
+#       skipped update's cond (a select; the cond inside a CUDA graph, as a conditional node);
+#   then, if time is left: step base,xla:xla_gpu_enable_cublaslt,gate_up_fused (the profile's 531 memsets a step,
+#       2.65 ms, may be cuBLAS's).
 # Repo root on the GPU machine; logs in $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
