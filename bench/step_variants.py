@@ -53,6 +53,7 @@ import functools
 import itertools
 import json
 import pathlib
+import re
 import statistics
 import time
 
@@ -155,10 +156,12 @@ def patched(variant):
 
 
 def compiler_options(variant: str) -> dict:
-    """XLA options of an `xla:NAME[=VALUE]+NAME...` variant (a bare NAME is set to true), else none."""
+    """XLA options of an `xla:NAME[=VALUE]+NAME...` variant (a bare NAME is set to true), else none. A + starts
+    another option only before a name (xla_...), so a value may hold one: xla_gpu_enable_command_buffer=+WHILE."""
     if not variant.startswith("xla:"):
         return {}
-    options = dict(o.split("=", 1) if "=" in o else (o, "true") for o in variant[len("xla:"):].split("+"))
+    options = dict(o.split("=", 1) if "=" in o else (o, "true")
+                   for o in re.split(r"\+(?=xla_)", variant[len("xla:"):]))
     typed = {"true": True, "false": False}
     return {k: typed.get(v, int(v) if v.lstrip("-").isdigit() else v) for k, v in options.items()}
 

@@ -51,6 +51,10 @@ def test_an_xla_variant_names_its_compiler_options():
     got = BENCH.compiler_options("xla:xla_gpu_triton_gemm_any+xla_gpu_autotune_level=0+xla_gpu_enable_cublaslt=false")
     assert got == {"xla_gpu_triton_gemm_any": True, "xla_gpu_autotune_level": 0, "xla_gpu_enable_cublaslt": False}
     assert BENCH.compiler_options("qkv_fused") == {}
+    # a value may add to a list with +, and be empty
+    assert BENCH.compiler_options("xla:xla_gpu_enable_command_buffer=+CONDITIONAL+xla_gpu_autotune_level=0") == {
+        "xla_gpu_enable_command_buffer": "+CONDITIONAL", "xla_gpu_autotune_level": 0}
+    assert BENCH.compiler_options("xla:xla_gpu_enable_command_buffer=") == {"xla_gpu_enable_command_buffer": ""}
 
 
 def test_back_to_back_timing_launches_every_step_and_waits_once():
