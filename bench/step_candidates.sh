@@ -7,9 +7,11 @@
 #       (CUDA graphs), with the norm's forward kernel, and with the query, key and value as one product reading one
 #       copy of the norm, and the PyTorch peer: bench/step_variants.py in paired rounds, each step waited for and
 #       back to back, then a trace of 3 steps of each variant, summed by bench/profile_summary.py;
-#   bash bench/step_candidates.sh step base,mlp_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=+CONDITIONAL
+#   bash bench/step_candidates.sh step \
+#       'base,mlp_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=FUSION|CUBLAS|CUBLASLT|CUSTOM_CALL|CUDNN|DYNAMIC_SLICE_FUSION|CONDITIONAL'
 #       the same for the next in line: the SwiGLU's forward kernel, and two ways around the host's wait at the
-#       skipped update's cond (a select; the cond inside a CUDA graph, as a conditional node);
+#       skipped update's cond (a select; the cond inside a CUDA graph, as a conditional node: XLA's default kinds
+#       of command, as its flags list them, and CONDITIONAL);
 #   then, if time is left: step base,xla:xla_gpu_enable_cublaslt,gate_up_fused (the profile's 531 memsets a step,
 #       2.65 ms, may be cuBLAS's).
 # Repo root on the GPU machine; logs in $OUT.

@@ -53,7 +53,6 @@ import functools
 import itertools
 import json
 import pathlib
-import re
 import statistics
 import time
 
@@ -156,12 +155,12 @@ def patched(variant):
 
 
 def compiler_options(variant: str) -> dict:
-    """XLA options of an `xla:NAME[=VALUE]+NAME...` variant (a bare NAME is set to true), else none. A + starts
-    another option only before a name (xla_...), so a value may hold one: xla_gpu_enable_command_buffer=+WHILE."""
+    """XLA options of an `xla:NAME[=VALUE]+NAME...` variant (a bare NAME is set to true), else none. A list value
+    separates its items with | (commas separate variants): xla_gpu_enable_command_buffer=FUSION|CUDNN."""
     if not variant.startswith("xla:"):
         return {}
-    options = dict(o.split("=", 1) if "=" in o else (o, "true")
-                   for o in re.split(r"\+(?=xla_)", variant[len("xla:"):]))
+    options = dict(o.replace("|", ",").split("=", 1) if "=" in o else (o, "true")
+                   for o in variant[len("xla:"):].split("+"))
     typed = {"true": True, "false": False}
     return {k: typed.get(v, int(v) if v.lstrip("-").isdigit() else v) for k, v in options.items()}
 

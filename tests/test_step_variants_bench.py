@@ -51,9 +51,9 @@ def test_an_xla_variant_names_its_compiler_options():
     got = BENCH.compiler_options("xla:xla_gpu_triton_gemm_any+xla_gpu_autotune_level=0+xla_gpu_enable_cublaslt=false")
     assert got == {"xla_gpu_triton_gemm_any": True, "xla_gpu_autotune_level": 0, "xla_gpu_enable_cublaslt": False}
     assert BENCH.compiler_options("qkv_fused") == {}
-    # a value may add to a list with +, and be empty
-    assert BENCH.compiler_options("xla:xla_gpu_enable_command_buffer=+CONDITIONAL+xla_gpu_autotune_level=0") == {
-        "xla_gpu_enable_command_buffer": "+CONDITIONAL", "xla_gpu_autotune_level": 0}
+    # a list value, its items separated by |; an empty value
+    assert BENCH.compiler_options("xla:xla_gpu_enable_command_buffer=FUSION|CONDITIONAL+xla_gpu_autotune_level=0") == {
+        "xla_gpu_enable_command_buffer": "FUSION,CONDITIONAL", "xla_gpu_autotune_level": 0}
     assert BENCH.compiler_options("xla:xla_gpu_enable_command_buffer=") == {"xla_gpu_enable_command_buffer": ""}
 
 
