@@ -29,13 +29,14 @@ unchanged):
   state) instead of train/step.py's `lax.cond`, whose predicate goes to the host, which waits for it;
 - `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm by XLA and autodiff, without
   norm_kernels.py's kernels);
+- `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
+- `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
 - `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL);
 - `mlp_forward_kernel`: mlp_kernels.py's forward kernel for silu(gate) * up as well as its backward
   (mlp_kernels.FORWARD_KERNEL);
-- `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
-- `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
-- `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true),
-  for example `xla:xla_gpu_triton_gemm_any`. A variant that does not compile is reported and left out.
+- `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
+  list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
+  compile is reported and left out.
 tests/test_step_variants_bench.py checks the rewrites against the model on CPU.
 """
 
