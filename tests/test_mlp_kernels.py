@@ -43,8 +43,10 @@ def _sum_and_grads(backend, gate, up, d_h):
                                       argnums=(0, 1)))(gate, up)
 
 
-def test_the_kernel_under_an_8_device_mesh_gives_the_xla_gradients():
+@pytest.mark.parametrize("forward_kernel", [False, True])
+def test_the_kernel_under_an_8_device_mesh_gives_the_xla_gradients(forward_kernel, monkeypatch):
     """Under shard_map with the activations' layout: batch over data x fsdp, the MLP's features over tensor."""
+    monkeypatch.setattr(mlp_kernels, "FORWARD_KERNEL", forward_kernel)
     gate, up, d_h = _gate_up_and_grad((4, 3, 16))
     want_value, want_grads = _sum_and_grads("xla", gate, up, d_h)
     with jax.set_mesh(sharding.make_mesh(data=2, fsdp=2, tensor=2)):

@@ -58,8 +58,10 @@ def test_the_forward_kernel_rounds_as_xla(shape, monkeypatch):
                                        rtol=2 ** -8, atol=0)
 
 
-def test_the_kernel_under_an_8_device_mesh_gives_the_xla_gradients():
+@pytest.mark.parametrize("forward_kernel", [False, True])
+def test_the_kernel_under_an_8_device_mesh_gives_the_xla_gradients(forward_kernel, monkeypatch):
     """Under shard_map: rows over data x fsdp, each row whole on one device (the tensor axis replicates)."""
+    monkeypatch.setattr(norm_kernels, "FORWARD_KERNEL", forward_kernel)
     x, delta, weight = _inputs((4, 4, 24))
     want_value, want_grads = _loss("xla", 3)(x, delta, weight)
     with jax.set_mesh(sharding.make_mesh(data=2, fsdp=2, tensor=2)):
