@@ -13,14 +13,13 @@ backward.
 import argparse
 import functools
 import itertools
-import json
 
 import jax
 import jax.numpy as jnp
 
 from drope_jax.model import mlp_kernels
 
-from timing import timed_row
+from timing import sweep
 
 BLOCKS = (2048, 4096, 8192, 16384)
 WARPS = (4, 8, 16)
@@ -44,14 +43,10 @@ def main():
                            mlp_kernels.swiglu_backward, (d_h, gate, up), 5)}
     for name in args.passes.split(","):
         xla, kernel, inputs, arrays_moved = passes[name]
-        print(f"{name}:", flush=True)
-        want, rows = xla(*inputs), []
-        timed_row("XLA", xla, inputs, arrays_moved * size, want, rows)
-        for block, warps in itertools.product(BLOCKS, WARPS):
-            fn = jax.jit(functools.partial(kernel, block=block, num_warps=warps))
-            timed_row(f"pallas, block {block}, {warps} warps", fn, inputs, arrays_moved * size, want, rows)
-        print(f"BEST {name} " + json.dumps(min(rows)), flush=True)
-
+        kernels = {f"pallas, block {block}, {warps} warps": jax.jit(functools.partial(kernel, block=block,
+                                                                                      num_warps=warps))
+                   for block, warps in itertools.product(BLOCKS, WARPS)}
+        sweep(name, xla, kernels, inputs, arrays_moved * size)
 
 if __name__ == "__main__":
     main()

@@ -13,14 +13,13 @@ must move, checked against XLA's results first. Each pass's fastest is printed l
 
 import argparse
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 
 from drope_jax.model import norm_kernels
 
-from timing import timed_row
+from timing import sweep
 
 CHUNKS = (2, 4, 8, 16)  # rows a program holds at a time
 PROGRAM_CHUNKS = (1, 4, 16)  # chunks a program takes in turn: fewer programs, fewer d weight rows to sum
@@ -54,15 +53,10 @@ def main():
             s, (n,) = norm_kernels._xla_add_norm(x, delta, weight, EPS, 1)
             return s, n
 
-        print("forward (x, delta -> s, n):", flush=True)
-        inputs = (s, d_s, weight)
-        want, results = xla_forward(*inputs), []
-        timed_row("XLA", xla_forward, inputs, 4 * size, want, results)
-        for rows, chunk, warps in launches():
-            kernel = jax.jit(functools.partial(norm_kernels.add_norm_forward, eps=EPS, rows=rows, chunk=chunk,
-                                               num_warps=warps))
-            timed_row(f"pallas, {rows} rows by {chunk}, {warps} warps", kernel, inputs, 4 * size, want, results)
-        print("BEST forward " + json.dumps(min(results)), flush=True)
+        kernels = {f"pallas, {rows} rows by {chunk}, {warps} warps": jax.jit(functools.partial(
+            norm_kernels.add_norm_forward, eps=EPS, rows=rows, chunk=chunk, num_warps=warps))
+            for rows, chunk, warps in launches()}
+        sweep("forward", xla_forward, kernels, (s, d_s, weight), 4 * size)  # x, delta -> s, n
 
     if "backward" in args.passes:
         @jax.jit
@@ -71,19 +65,17 @@ def main():
                              s, weight)
             return vjp((d_s, tuple(d_ns)))
 
-        print(f"backward ({args.copies} input gradients -> d x, d weight):", flush=True)
-        inputs = (s, d_s, weight, *d_ns)
-        want, results = xla_backward(*inputs), []
-        moved = (3 + args.copies) * size
-        timed_row("XLA (autodiff)", xla_backward, inputs, moved, want, results)
-        for rows, chunk, warps in launches():
+        def backward(rows, chunk, warps):
             @jax.jit
-            def kernel(s, d_s, weight, *d_ns, rows=rows, chunk=chunk, warps=warps):
+            def kernel(s, d_s, weight, *d_ns):
                 d_x, d_weight_rows = norm_kernels.add_norm_backward(s, d_s, weight, d_ns, EPS, rows, chunk, warps)
                 return d_x, jnp.sum(d_weight_rows, axis=(0, 1))[:weight.shape[0]]
-            timed_row(f"pallas, {rows} rows by {chunk}, {warps} warps", kernel, inputs, moved, want, results)
-        print("BEST backward " + json.dumps(min(results)), flush=True)
+            return kernel
 
+        kernels = {f"pallas, {r} rows by {c}, {w} warps": backward(r, c, w) for r, c, w in launches()}
+        # s, d s and the input gradients -> d x, d weight
+        sweep(f"backward ({args.copies} input gradients)", xla_backward, kernels, (s, d_s, weight, *d_ns),
+              (3 + args.copies) * size)
 
 if __name__ == "__main__":
     main()

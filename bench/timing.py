@@ -1,6 +1,7 @@
-"""The one timing rule of the benches (the median of ``calls`` calls after ``warmup`` untimed ones), and a kernel
-sweep's checked, timed row."""
+"""The one timing rule of the benches (the median of ``calls`` calls after ``warmup`` untimed ones), a kernel
+sweep's checked, timed row, and a sweep of kernels against XLA."""
 
+import json
 import statistics
 import time
 
@@ -44,3 +45,14 @@ def timed_row(name, fn, args, bytes_moved, want, rows):
         return
     print(f"  {name:50s} {ms:7.2f} ms  {bytes_moved / ms / 1e9:5.2f} TB/s", flush=True)
     rows.append((ms, name))
+
+
+def sweep(label, xla, kernels, args, bytes_moved):
+    """``xla(*args)`` and each of ``kernels`` ({row name: fn}) timed, each checked against XLA's result first; the
+    fastest printed last as ``BEST label [ms, name]``."""
+    print(f"{label}:", flush=True)
+    want, rows = xla(*args), []
+    timed_row("XLA", xla, args, bytes_moved, want, rows)
+    for name, fn in kernels.items():
+        timed_row(name, fn, args, bytes_moved, want, rows)
+    print(f"BEST {label} " + json.dumps(min(rows)), flush=True)

@@ -65,8 +65,7 @@ def swiglu_forward(gate, up, block: int = BLOCK, num_warps: int = WARPS):
 
 def swiglu_backward(d_h, gate, up, block: int = BLOCK, num_warps: int = WARPS):
     """(d gate, d up) of silu(gate) * up, for arrays of one shape, in one read of each and one write of each."""
-    d_gate, d_up = _elementwise(_backward_kernel, 2, block, num_warps, d_h, gate, up)
-    return d_gate, d_up
+    return tuple(_elementwise(_backward_kernel, 2, block, num_warps, d_h, gate, up))
 
 
 def _with_backward_kernel(forward):

@@ -56,10 +56,16 @@ def rmsnorm(x, weight, eps: float):
 
 
 def _row_block(first_row, rows: int, width: int, d: int):
-    """Rows ``first_row`` to ``first_row + rows`` of a flat [N * d] array, padded to ``width`` lanes: (index, mask)."""
+    """Rows ``first_row`` to ``first_row + rows`` of flat [N * d] arrays, padded to ``width`` lanes: (index, mask,
+    load), where load(ref) reads them in float32."""
     cols = jnp.arange(width)
     index = (first_row + jnp.arange(rows))[:, None] * d + cols[None, :]
-    return index, jnp.broadcast_to(cols[None, :] < d, (rows, width))
+    inside = jnp.broadcast_to(cols[None, :] < d, (rows, width))
+
+    def load(ref):
+        return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
+
+    return index, inside, load
 
 
 def _load_weight(weight_ref, width: int):
@@ -79,11 +85,7 @@ def _add_norm_forward_kernel(x_ref, delta_ref, weight_ref, s_ref, n_ref, *, rows
     first = pl.program_id(0) * rows  # outside the loop: Pallas's interpreter cannot lower it inside one
 
     def block(i, carry):
-        index, inside = _row_block(first + i * chunk, chunk, width, d)
-
-        def load(ref):
-            return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
-
+        index, inside, load = _row_block(first + i * chunk, chunk, width, d)
         s = (load(x_ref) + load(delta_ref)).astype(s_ref.dtype)  # one rounding, as XLA's add of two bf16 arrays
         plt.store(s_ref.at[index], s, mask=inside)
         s = s.astype(jnp.float32)
@@ -102,11 +104,7 @@ def _add_norm_backward_kernel(s_ref, d_s_ref, weight_ref, *refs, rows: int, chun
     program = pl.program_id(0)  # outside the loop, as in the forward
 
     def block(i, d_weight):
-        index, inside = _row_block(program * rows + i * chunk, chunk, width, d)
-
-        def load(ref):
-            return plt.load(ref.at[index], mask=inside, other=0).astype(jnp.float32)
-
+        index, inside, load = _row_block(program * rows + i * chunk, chunk, width, d)
         s = load(s_ref)
         d_n = sum(load(ref) for ref in d_n_refs)
         r = jax.lax.rsqrt(jnp.sum(s * s, axis=1, keepdims=True) / d + eps)
