@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pathlib
+import sys
 import time
 import uuid
 
@@ -55,8 +56,7 @@ class MetricsWriter:
         self.mirror, self.synced = paths.Mirror(workdir, keep=("metrics.jsonl", "wandb_run_id")), time.time()
         local = self.mirror.local
         self.jsonl = open(local / "metrics.jsonl", "a", buffering=1)
-        from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(str(local / "tensorboard"))
+        self.tb = summary_writer_class()(str(local / "tensorboard"))
         project = log_cfg.get("wandb_project", "") if log_cfg is not None else ""
         self.wandb = start_wandb(local, project, log_cfg.get("wandb_entity", ""), run_config) if project else None
 
@@ -84,6 +84,22 @@ class MetricsWriter:
             if self.wandb is not None:
                 self.wandb.finish()
             self.mirror.sync()
+
+
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, loaded without torch. tensorboardX imports torch whenever it is installed
+    (the Hugging Face bridge installs it), only to accept torch tensors, which this writer is never given; that
+    import alone took 1.8 s of a launch on the 2-core machine. Unless something has loaded torch already, it
+    is hidden while tensorboardX loads, and importable again after."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX expects
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def start_wandb(workdir: pathlib.Path, project: str, entity: str = "", run_config: dict | None = None):
