@@ -2,6 +2,7 @@
 trained from scratch with ALiBi and RNoPE-SWA, writes its report, and in-training perplexity is logged."""
 
 import contextlib
+import functools
 import io
 import json
 import re
@@ -63,7 +64,8 @@ def test_retrieval_harness_says_yes_and_no():
     untrained = state.init_params(spec, 0, sharding.make_mesh(devices=jax.devices()[:1]))
     tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 3e-3, 30, 250, 3e-4))
 
-    @jax.jit
+    # 250 steps: this program runs longer than LLVM takes to optimize it (conftest turns that off)
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 2})
     def step(params, opt_state, tokens_BT):
         def loss_fn(p):  # the loss of the two answer tokens (the value and its full stop)
             logits = state.apply(spec, p, tokens_BT[:, :-1], ROPE)

@@ -26,7 +26,8 @@ def gcs():
 
 
 def launch(program, *flags, cwd):
-    env = {**os.environ, "FSSPEC_GCS_TOKEN": "anon", "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    one_device = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")  # as a user runs
+    env = {**os.environ, "FSSPEC_GCS_TOKEN": "anon", "XLA_FLAGS": one_device, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, os.path.join(REPO, "launch", program), *flags], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{program} {' '.join(flags)}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
