@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from drope_jax import sharding
-from drope_jax.errors import ConfigError
+from drope_jax.errors import ConfigError, out_of_device_memory
 from drope_jax.tpu.topology import TpuSlice
 from drope_jax.train import metrics
 from drope_jax.train.setup import make_setup
@@ -88,7 +88,7 @@ def compile_train_step(config, tpu_slice: TpuSlice, phase: str | None = None):
         try:
             compiled = lowered.compile()
         except Exception as e:  # XLA:TPU refuses a program that cannot fit in HBM
-            if "RESOURCE_EXHAUSTED" in str(e) or "Ran out of memory" in str(e):
+            if out_of_device_memory(e):
                 raise DoesNotFit(tpu_slice, str(e)) from e
             raise
     mem = compiled.memory_analysis()

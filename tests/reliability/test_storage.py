@@ -1,12 +1,13 @@
-"""The disk: unwritable at start-up, full mid-run, or holding a corrupt checkpoint."""
+"""The disk: unwritable at start-up, full mid-run, or holding a corrupt checkpoint; and device memory running out."""
 
 import re
 import time
 
+import jax
 import pytest
 
 from drope_jax.errors import ConfigError
-from drope_jax.train import loop, resume
+from drope_jax.train import loop, resume, setup
 
 import harness
 
@@ -68,3 +69,38 @@ def test_a_corrupt_checkpoint_is_named_and_skipped_only_when_asked(tmp_path, ref
         (name[len("10/"):], size, mtime) for name, size, mtime in before if name.startswith("10/")]
     assert harness.complete_steps(workdir) == [8, 10]
     harness.assert_losses_equal(workdir, {s: reference.losses[s] for s in (9, 10)})
+
+
+def test_running_out_of_device_memory_stops_naming_the_fix_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """The CPU never runs out, so the step raises what a GPU raises when it cannot allocate, at its third call;
+    any other XLA error goes through unchanged."""
+    real_phase_step = setup.Setup.phase_step
+
+    def failing_on_third_call(error):
+        def phase_step(self, phase):
+            step, calls = real_phase_step(self, phase), []
+
+            def fails(state, batch):
+                calls.append(1)
+                if len(calls) == 3:
+                    raise error
+                return step(state, batch)
+            return fails
+        return phase_step
+
+    monkeypatch.setattr(setup.Setup, "phase_step", failing_on_third_call(jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.50GiB.\nBufferAssignment OOM Debugging.")))
+    config = harness.config(checkpoint=dict(every_steps=2))
+    with pytest.raises(loop.TrainingStopped) as stopped:
+        loop.run(config, tmp_path)
+    assert str(stopped.value) == (
+        "out of device memory at step 3 (XLA: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.50GiB.); "
+        f"the newest complete checkpoint in {tmp_path}/checkpoints (step 2) is kept. Give each device less to hold: "
+        "raise config.train.grad_accum (now 1; e.g. --config.train.grad_accum=2), set --config.model.remat=full, "
+        "or use more devices. launch/aot_compile.py --search_grad_accum finds the grad_accum that fits a TPU "
+        "slice, on any host")
+    assert harness.complete_steps(tmp_path) == [2]
+
+    monkeypatch.setattr(setup.Setup, "phase_step", failing_on_third_call(jax.errors.JaxRuntimeError("INTERNAL: x")))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL: x"):
+        loop.run(config, tmp_path / "other")
