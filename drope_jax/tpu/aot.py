@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from drope_jax import sharding
-from drope_jax.errors import ConfigError, out_of_device_memory
+from drope_jax.errors import ConfigError, first_line, out_of_device_memory
 from drope_jax.tpu.topology import TpuSlice
 from drope_jax.train import metrics
 from drope_jax.train.setup import make_setup
@@ -56,7 +56,7 @@ class DoesNotFit(RuntimeError):
             self.need_gib = float(m.group(1))
         self.need = "more than it has" if self.need_gib is None else f"{self.need_gib:.1f} GiB" + (
             " of temporaries alone, so XLA refused to compile it" if m else "")
-        xla = f" (XLA: {xla_message.splitlines()[0][:300]})" if xla_message else ""
+        xla = f" (XLA: {first_line(xla_message, 300)})" if xla_message else ""
         super().__init__(f"DOES NOT FIT on {tpu_slice.name} ({tpu_slice.hbm_gib} GiB HBM per chip): the step needs "
                          f"{self.need}{xla}. Lower the per-chip batch with config.train.grad_accum (or "
                          "--search_grad_accum), use config.model.remat='full', or take a larger slice.")

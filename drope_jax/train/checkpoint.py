@@ -28,7 +28,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from drope_jax import paths
-from drope_jax.errors import ConfigError
+from drope_jax.errors import ConfigError, first_line
 from drope_jax.model.config import ModelConfig
 from drope_jax.train import fingerprint
 
@@ -248,9 +248,8 @@ class Checkpointer:
         return f"the newest complete checkpoint in {self.directory} ({where}) is kept"
 
     def _write_failed(self, e: Exception) -> NotSaved:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return NotSaved(f"writing a checkpoint to {self.directory} failed ({first_line[:400]}); {self.kept()}. "
-                        "Free space there (or fix the file system) and relaunch the same command")
+        return NotSaved(f"writing a checkpoint to {self.directory} failed ({first_line(e) or type(e).__name__}); "
+                        f"{self.kept()}. Free space there (or fix the file system) and relaunch the same command")
 
     def close(self) -> None:
         self.manager.close()

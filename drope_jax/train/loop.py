@@ -15,7 +15,7 @@ import jax
 
 from drope_jax import paths, sharding
 from drope_jax.data import pipeline, retrieval
-from drope_jax.errors import ConfigError, out_of_device_memory
+from drope_jax.errors import ConfigError, first_line, out_of_device_memory
 from drope_jax.eval import final_table, perplexity
 from drope_jax.model.state import count_params, init_params
 from drope_jax.train import branch, checkpoint, metrics, optim, preemption, resume
@@ -219,7 +219,7 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
         ckpt.settle()
         accum = config.train.grad_accum
         raise TrainingStopped(
-            f"out of device memory at step {step + 1} (XLA: {str(e).strip().splitlines()[0][:300]}); "
+            f"out of device memory at step {step + 1} (XLA: {first_line(e, 300)}); "
             f"{ckpt.kept()}. Give each device less to hold: raise config.train.grad_accum (now {accum}; e.g. "
             f"--config.train.grad_accum={2 * accum}), set --config.model.remat=full, or use more devices. "
             "launch/aot_compile.py --search_grad_accum finds the grad_accum that fits a TPU slice, on any host"

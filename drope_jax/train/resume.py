@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from drope_jax.errors import ConfigError
+from drope_jax.errors import ConfigError, first_line
 from drope_jax.run_config import Plan
 from drope_jax.train import fingerprint
 from drope_jax.train.checkpoint import Checkpointer, check_same_model
@@ -61,10 +61,9 @@ def _unreadable(ckpt: Checkpointer, step: int, error: Exception, fallback: bool,
     """Raises ``Unreadable`` naming the checkpoint, or, with ``fallback``, sets it aside and logs that."""
     while (error.__cause__ or error.__context__) is not None:  # the root cause names the file and the flaw
         error = error.__cause__ or error.__context__
-    first_line = (str(error).strip().splitlines() or [""])[0][:400]
     older = [s for s in ckpt.all_steps() if s < step]
-    what = first_line if isinstance(error, fingerprint.Mismatch) else \
-        f"checkpoint {ckpt.directory / str(step)} cannot be read ({type(error).__name__}: {first_line})"
+    what = first_line(error) if isinstance(error, fingerprint.Mismatch) else \
+        f"checkpoint {ckpt.directory / str(step)} cannot be read ({type(error).__name__}: {first_line(error)})"
     if not fallback or not older:
         hint = (f"set --config.checkpoint.fallback_on_corrupt=true to resume from step {max(older)}" if older
                 else "no older complete checkpoint exists; use a new --workdir to start afresh")
