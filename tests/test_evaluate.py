@@ -119,6 +119,9 @@ def test_progress_lines_and_the_flip_name_the_encodings(runs):
     assert encodings("drope") == ["rope"] * 4 + ["nope"] * 4 and encodings("alibi") == ["alibi"] * 4
     assert "=== flip at step 4: RoPE -> NoPE in every layer; fresh AdamW moments" in (runs / "drope.out").read_text()
     assert "=== flip at step 0: NoPE in every layer from the first step" in (runs / "nope.out").read_text()
+    # each phase's step says when its compilation is done, before its first progress line
+    assert re.findall(r"^compiled the (\w+) train step and ran step (\d+) in [\d.]+ s$",
+                      (runs / "drope.out").read_text(), re.M) == [("rope", "1"), ("nope", "5")]
 
 
 def test_the_final_table_shows_drope_with_its_fitted_temperature_beside_the_raw_one(runs):

@@ -199,12 +199,19 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
                 save(step)
             batch = jax.tree.map(lambda x: sharding.host_batch_to_global(x, mesh), next(data_iter))
             phase = plan.phase(step)
+            compiles, started = phase not in compiled, time.time()
             state, device_metrics = step_fn(phase)(state, batch)
+            if compiles:  # minutes for a large model, before the first progress line: say when it is done
+                jax.block_until_ready(device_metrics)
+                compiled_in = time.time() - started
             if evaluator is not None and evaluator.due(step + 1):
                 writer.write(evaluator(state["params"], step + 1, phase))
             if pending is not None:
                 finish(*pending)
             pending = (step, phase, device_metrics)
+            if compiles:
+                kind = plan.phase_pos(phase).kind
+                log(f"compiled the {kind} train step and ran step {step + 1} in {compiled_in:.1f} s")
         if pending is not None:
             finish(*pending)
         if start_step < end_step:
