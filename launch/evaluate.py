@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from drope_jax import distributed
 from drope_jax.data import niah
-from drope_jax.errors import ConfigError
+from drope_jax.errors import ConfigError, first_line, out_of_device_memory
 from drope_jax.eval import report, suite
 from drope_jax.eval.methods import Run, parse_methods
 from drope_jax.launch_utils import (
@@ -98,6 +98,12 @@ def main(argv):
         written = report.write(results, _OUT.value or f"{_WORKDIR.value}/eval")
     except ConfigError as e:
         sys.exit(f"error: {e}")
+    except jax.errors.JaxRuntimeError as e:
+        if not out_of_device_memory(e):
+            raise
+        sys.exit(f"error: out of device memory (XLA: {first_line(e, 300)}). Give each forward pass less: lower "
+                 f"--batch_size (now {_BATCH.value}: rows per pass at the longest length), or set --query_chunk=256 "
+                 "(attention memory linear in the length)")
     print(report.markdown(results))
     print("wrote " + ", ".join(str(p) for p in written))
 

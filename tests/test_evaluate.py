@@ -5,7 +5,10 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -365,3 +368,23 @@ def test_the_final_table_goes_on_without_tuning_text(runs, monkeypatch):
     assert "temperature" not in table and list(table["perplexity"]) == ["rope (step 4, before the flip)",
                                                                           "drope (step 8, final)"]
     assert logged[0] == "no temperature row: the held-out split's tuning part is too short"
+
+
+def test_the_program_names_batch_size_and_query_chunk_when_device_memory_runs_out(runs):
+    """launch/evaluate.py, run as a user runs it, with the suite raising what a GPU raises when it cannot
+    allocate (the CPU never runs out)."""
+    program = ("import runpy, sys, jax\n"
+               "from drope_jax.eval import suite\n"
+               "def evaluate(*_, **__):\n"
+               "    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+               "8.00GiB.\\nmore')\n"
+               "suite.evaluate = evaluate\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    evaluate = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch", "evaluate.py")
+    done = subprocess.run([sys.executable, "-c", program, evaluate, f"--workdir={runs / 'drope'}", "--batch_size=2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
+        "error: out of device memory (XLA: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.). "
+        "Give each forward pass less: lower --batch_size (now 2: rows per pass at the longest length), or set "
+        "--query_chunk=256 (attention memory linear in the length)"), done.stderr[-3000:]
