@@ -34,7 +34,8 @@ unchanged):
 - `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL);
 - `mlp_forward_kernel`: mlp_kernels.py's forward kernel for silu(gate) * up as well as its backward
   (mlp_kernels.FORWARD_KERNEL);
-- `norm_qkv`: `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select`: those and `select_skip`;
+- `norm_qkv`: `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select` and `norm_qkv_gate_up`: those and
+  `select_skip` or `gate_up_fused`;
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
   list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
   compile is reported and left out.
@@ -140,6 +141,7 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fus
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["norm_qkv"] = PATCHES["norm_forward_kernel"] + PATCHES["qkv_fused"]
 PATCHES["norm_qkv_select"] = PATCHES["norm_qkv"] + PATCHES["select_skip"]
+PATCHES["norm_qkv_gate_up"] = PATCHES["norm_qkv"] + PATCHES["gate_up_fused"]
 PATCHES["base"] = []
 # Variants that change a config setting instead of a method.
 CONFIG_VARIANTS = {"xla_norm": {"norm_backend": "xla"}, "xla_mlp": {"mlp_backend": "xla"},
