@@ -31,11 +31,13 @@ unchanged):
   norm_kernels.py's kernels);
 - `xla_mlp`: config.model.mlp_backend="xla" (the SwiGLU's backward by autodiff, without mlp_kernels.py's kernel);
 - `xla_kernels`: those two and config.model.loss_backend="xla" (no Pallas kernel at all);
-- `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL);
+- `norm_forward_kernel`: norm_kernels.py's forward kernel as well as its backward (norm_kernels.FORWARD_KERNEL;
+  the library's default since 2026-12-05, so now the same as `base`); `norm_xla_forward`: XLA's forward with the
+  backward kernel, the library before;
 - `mlp_forward_kernel`: mlp_kernels.py's forward kernel for silu(gate) * up as well as its backward
   (mlp_kernels.FORWARD_KERNEL);
-- `norm_qkv`: `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select` and `norm_qkv_gate_up`: those and
-  `select_skip` or `gate_up_fused`;
+- `norm_qkv` (now the same as `qkv_fused`): `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select` and
+  `norm_qkv_gate_up`: those and `select_skip` or `gate_up_fused`;
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
   list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
   compile is reported and left out.
@@ -137,6 +139,7 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fus
            "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused), (transformer.MLP, "input_copies", 1)],
            "select_skip": [(train_step, "update_if_finite", update_if_finite_select)],
            "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)],
+           "norm_xla_forward": [(norm_kernels, "FORWARD_KERNEL", False)],
            "mlp_forward_kernel": [(mlp_kernels, "FORWARD_KERNEL", True)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["norm_qkv"] = PATCHES["norm_forward_kernel"] + PATCHES["qkv_fused"]

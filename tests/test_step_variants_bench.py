@@ -95,6 +95,9 @@ def test_norm_forward_kernel_puts_the_forward_kernel_before_the_backward_kernel(
     def pallas_calls():
         return str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, delta, weight)).count("pallas_call")
 
+    assert pallas_calls() == 2  # the library: both kernels
+    with BENCH.patched("norm_xla_forward"):
+        assert pallas_calls() == 1
     monkeypatch.setattr(norm_kernels, "FORWARD_KERNEL", False)  # the backward kernel alone
     assert pallas_calls() == 1
     with BENCH.patched("norm_forward_kernel"):

@@ -1,4 +1,4 @@
-"""The SwiGLU's backward as one Pallas (Triton) kernel for NVIDIA GPUs (and its forward as another, once timed).
+"""The SwiGLU's backward as one Pallas (Triton) kernel for NVIDIA GPUs (and a forward kernel, off: it saved nothing).
 
 ``swiglu(gate, up, backend)`` is silu(gate) * up. Its forward is XLA's (bit for bit the same) unless
 ``FORWARD_KERNEL``; the backend picks its backward. Left to autodiff, XLA computes d up and d gate in two passes
@@ -25,9 +25,9 @@ from jax.experimental.pallas import triton as plt
 from drope_jax import sharding
 
 BLOCK, WARPS = 8192, 8  # elements a program reads of each input; warps a program runs
-# A forward kernel as well (one read of gate and up, one write of the product; XLA's fusion makes the same pass at
-# 3.8 TB/s in the Table 4 step's profile, the backward kernel at 4.2): off until bench/step_variants.py's
-# `mlp_forward_kernel` has timed it on a GPU.
+# A forward kernel as well (one read of gate and up, one write of the product). Off: in paired rounds on one H200
+# (2026-12-05, bench/step_variants.py's `mlp_forward_kernel`) the step took 0.3 / 0.1 ms longer with it (each step
+# waited for / back to back), XLA's fusion of the same pass being as fast.
 FORWARD_KERNEL = False
 _ACTIVATION = ("batch", "seq", "act_mlp")
 

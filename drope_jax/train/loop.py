@@ -209,7 +209,7 @@ def train_loop(setup: Setup, state, data_iter, ckpt, start_step, workdir, evalua
             if pending is not None:
                 finish(*pending)
             pending = (step, phase, device_metrics)
-            if compiles:
+            if compiles:  # after the previous step's progress line
                 kind = plan.phase_pos(phase).kind
                 log(f"compiled the {kind} train step and ran step {step + 1} in {compiled_in:.1f} s")
         if pending is not None:
