@@ -22,23 +22,22 @@ def median_ms(fn, *args, calls: int = 10, warmup: int = 3) -> float:
 
 
 @jax.jit
-def _max_error(got, want):
-    """(max |got - want|, max |want|) over the arrays of two pytrees, on the device: float32 copies of a
+def _max_errors(got, want):
+    """[(max |got - want|, max |want|)] for each array of two pytrees, on the device: float32 copies of a
     gradient would not fit the host."""
-    pairs = list(zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
-    error = jnp.max(jnp.stack([jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))) for g, w in pairs]))
-    return error, jnp.max(jnp.stack([jnp.max(jnp.abs(w)) for _, w in pairs]))
+    pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    return [(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32))), jnp.max(jnp.abs(w))) for g, w in pairs]
 
 
 def timed_row(name, fn, args, bytes_moved, want, rows):
-    """Checks ``fn(*args)`` against ``want`` (bf16 results to 1e-2 of their largest magnitude, float32 to 1e-5),
-    then times it and prints its rate over ``bytes_moved``; appends (ms, name) to ``rows``. A failure to compile
-    or to match costs the row, not the sweep."""
+    """Checks each array of ``fn(*args)`` against ``want``'s (bf16 to 1e-2 of its largest magnitude, float32 to
+    1e-5), then times it and prints its rate over ``bytes_moved``; appends (ms, name) to ``rows``. A failure to
+    compile or to match costs the row, not the sweep."""
     try:
-        error, scale = map(float, _max_error(fn(*args), want))
-        # bf16 roundings of the gradient differ; the float32 log-sum-exp differs only in the order of its sums
-        tolerance = (1e-5 if jax.tree.leaves(want)[0].dtype == jnp.float32 else 1e-2) * scale
-        assert error <= tolerance, f"max error {error:.3g} over {tolerance:.3g}"
+        for (error, scale), w in zip(_max_errors(fn(*args), want), jax.tree.leaves(want)):
+            # bf16 roundings of the gradient differ; the float32 log-sum-exp differs only in the order of its sums
+            tolerance = (1e-5 if w.dtype == jnp.float32 else 1e-2) * float(scale)
+            assert float(error) <= tolerance, f"max error {float(error):.3g} over {tolerance:.3g}"
         ms = median_ms(fn, *args)
     except Exception as e:  # noqa: BLE001
         print(f"  {name:50s} failed: {str(e).splitlines()[0][:160]}", flush=True)
