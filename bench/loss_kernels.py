@@ -24,7 +24,8 @@ from timing import timed_row
 
 BLOCKS = (1024, 2048, 4096, 8192)
 WARPS = (4, 8, 16)
-FUSED_BLOCKS, FUSED_WARPS = (2048, 4096, 8192, 16384), (4, 8, 16, 32)
+# lse_and_grad's launches: (block, warps, programs); programs 0 is one program a row
+FUSED_LAUNCHES = [(4096, 4, 0), (8192, 16, 0)] + list(itertools.product((4096, 8192), (8, 16, 32), (128, 256, 512)))
 
 
 def main():
@@ -65,10 +66,10 @@ def main():
             return lse, loss_kernels.nll_backward((x, t, lse), jnp.ones(t.shape, jnp.float32))[0]
         timed_row("the two kernels in turn (log-sum-exp, backward)", jax.jit(two_kernels), fused_args, 2 * size,
                   want_fused, [])
-    for block, warps in itertools.product(FUSED_BLOCKS, FUSED_WARPS) if "fused" in args.kernels else ():
-        fn = jax.jit(lambda x, t, b=block, w=warps: loss_kernels.lse_and_grad(x, t, b, w))
-        timed_row(f"pallas lse_and_grad, block {block}, {warps} warps", fn, fused_args, 2 * size, want_fused,
-                  fused_rows)
+    for block, warps, programs in FUSED_LAUNCHES if "fused" in args.kernels else ():
+        fn = jax.jit(lambda x, t, b=block, w=warps, p=programs: loss_kernels.lse_and_grad(x, t, b, w, p))
+        timed_row(f"pallas lse_and_grad, block {block}, {warps} warps, {programs or 'a row a'} programs", fn,
+                  fused_args, 2 * size, want_fused, fused_rows)
     print("BEST " + json.dumps({"log_sum_exp": min(lse_rows, default=None), "backward": min(grad_rows, default=None),
                                 "lse_and_grad": min(fused_rows, default=None)}))
 
