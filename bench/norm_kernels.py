@@ -74,8 +74,10 @@ def main():
 
         kernels = {f"pallas, {r} rows by {c}, {w} warps": backward(r, c, w) for r, c, w in launches()}
         # s, d s and the input gradients -> d x, d weight
+        # d weight, float32, sums 32,768 rows of products that XLA rounds to bf16 and the kernel does not: with
+        # random signs the sum's relative error is a term's, bf16's (2e-3 measured on one H200)
         sweep(f"backward ({args.copies} input gradients)", xla_backward, kernels, (s, d_s, weight, *d_ns),
-              (3 + args.copies) * size)
+              (3 + args.copies) * size, f32_rtol=1e-2)
 
 if __name__ == "__main__":
     main()

@@ -38,8 +38,6 @@ unchanged):
   (mlp_kernels.FORWARD_KERNEL);
 - `norm_qkv` (now the same as `qkv_fused`): `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select` and
   `norm_qkv_gate_up`: those and `select_skip` or `gate_up_fused`;
-- `loss_two_kernels`: the loss as it was before loss_kernels.lse_and_grad: the logits, their log-sum-exp by one
-  kernel in the forward, and softmax - one_hot by another in the backward, which reads the logits again;
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
   list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
   compile is reported and left out.
@@ -68,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from drope_jax import sharding
-from drope_jax.model import loss, mlp_kernels, norm_kernels, transformer
+from drope_jax.model import mlp_kernels, norm_kernels, transformer
 from drope_jax.run_config import load_module
 from drope_jax.train import step as train_step
 from drope_jax.train.setup import make_setup
@@ -129,11 +127,6 @@ def mlp_gate_up_fused(self, x_BTD):
     return jnp.einsum("BTF,FD->BTD", h_BTF, self.down_FD[...].astype(dt))
 
 
-def head_nll_two_kernels(x_BTD, head_DV, targets_BT, backend="auto"):
-    logits_BTV = sharding.constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV), ("batch", "seq", "act_vocab"))
-    return loss.token_nll(logits_BTV, targets_BT, backend)
-
-
 def update_if_finite_select(tx, grads, opt_state, params, finite):
     updates, new_opt_state = tx.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
@@ -147,8 +140,7 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fus
            "select_skip": [(train_step, "update_if_finite", update_if_finite_select)],
            "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)],
            "norm_xla_forward": [(norm_kernels, "FORWARD_KERNEL", False)],
-           "mlp_forward_kernel": [(mlp_kernels, "FORWARD_KERNEL", True)],
-           "loss_two_kernels": [(train_step, "head_nll", head_nll_two_kernels)]}
+           "mlp_forward_kernel": [(mlp_kernels, "FORWARD_KERNEL", True)]}
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["norm_qkv"] = PATCHES["norm_forward_kernel"] + PATCHES["qkv_fused"]
 PATCHES["norm_qkv_select"] = PATCHES["norm_qkv"] + PATCHES["select_skip"]

@@ -2,8 +2,6 @@
 interpreter here; bench/loss_kernels.py times them on a GPU), on one device and under an 8-device mesh, and
 config.model.loss_backend picks them where it should."""
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,36 +40,6 @@ def test_the_one_pass_backward_equals_loss_py_and_autodiff():
     _, vjp = jax.vjp(lambda x: loss.pallas_token_nll(x, targets_BT), logits_BTV.astype(jnp.float32))
     _, want_vjp = jax.vjp(lambda x: loss.nll_and_lse(x, targets_BT)[0], logits_BTV.astype(jnp.float32))
     np.testing.assert_allclose(vjp(d_nll_BT)[0], want_vjp(d_nll_BT)[0], rtol=1e-5, atol=1e-6)
-
-
-def test_lse_and_grad_writes_the_backward_of_a_unit_gradient_across_blocks():
-    logits_BTV, targets_BT = _logits_and_targets()
-    logits_NV, targets_N = logits_BTV.reshape(-1, V), targets_BT.reshape(-1)
-    want_lse = loss.nll_and_lse(logits_BTV, targets_BT)[1].reshape(-1)
-    want_grad = loss.nll_backward((logits_NV, targets_N, want_lse), jnp.ones_like(want_lse))[0]
-    for block in (128, 512):  # 8 and 2 blocks a row: the second pass runs them last to first
-        lse_N, grad_NV = loss_kernels.lse_and_grad(logits_NV, targets_N, block)
-        np.testing.assert_allclose(lse_N, want_lse, rtol=1e-6)
-        np.testing.assert_array_equal(grad_NV, want_grad)
-
-
-def _head_loss_and_grads(backend, x_BTD, head_DV, targets_BT):
-    loss_fn = lambda x, h: jnp.mean(loss.head_nll(x, h, targets_BT, backend))  # noqa: E731
-    return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(x_BTD, head_DV)
-
-
-def test_the_fused_head_loss_equals_xlas_on_one_device_and_under_an_8_device_mesh():
-    """Bit for bit: over 16 tokens the mean's gradient, 1/16, scales the logits' gradient exactly in bf16, so
-    applying it to the head's products' small sides, as head_nll's backward does, rounds the same."""
-    rng = np.random.default_rng(2)
-    x_BTD, head_DV = (jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for shape in ((8, 2, 16), (16, V)))
-    targets_BT = jnp.asarray(rng.integers(0, V, (8, 2)), jnp.int32)
-    for mesh in (None, sharding.make_mesh(data=2, fsdp=4)):
-        with jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
-            want = _head_loss_and_grads("xla", x_BTD, head_DV, targets_BT)
-            got = _head_loss_and_grads("pallas", x_BTD, head_DV, targets_BT)
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_array_equal(g, w)
 
 
 def _mean_nll_and_grad(backend, logits_BTV, targets_BT):

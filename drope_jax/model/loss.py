@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from drope_jax import sharding
 from drope_jax.model import loss_kernels
-from drope_jax.sharding import constrain, logical_to_spec
+from drope_jax.sharding import logical_to_spec
 
 
 def nll_and_lse(logits_BTV, targets_BT):
@@ -73,49 +73,6 @@ def loss_implementation(backend: str, logits_shape) -> str:
         raise ValueError("the Pallas loss needs whole rows of logits on each device, but the mesh's tensor axis "
                          "splits the vocabulary: set config.model.loss_backend to 'xla' or 'auto'")
     return implementation
-
-
-@jax.custom_vjp
-def _pallas_head_nll(x_BTD, head_DV, targets_BT):
-    return _pallas_head_nll_fwd(x_BTD, head_DV, targets_BT)[0]
-
-
-def _pallas_head_nll_fwd(x_BTD, head_DV, targets_BT):
-    """The head's logits, then one kernel that reads them once for the log-sum-exp and writes the gradient's
-    softmax - one_hot in their place. The backward then is the head's two matrix products alone, with the
-    per-token incoming gradient applied on their small sides ([B, T, D]), not over the logits."""
-    logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV), _LOGITS)
-    target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-
-    def kernel(logits_BTV, targets_BT):
-        lse_N, grad_NV = loss_kernels.lse_and_grad(logits_BTV.reshape(-1, logits_BTV.shape[-1]), targets_BT.reshape(-1))
-        return lse_N.reshape(targets_BT.shape), grad_NV.reshape(logits_BTV.shape)
-
-    lse_BT, grad_BTV = sharding.on_each_device(kernel, (logits_BTV, targets_BT), (_LOGITS, _LOGITS[:2]),
-                                               (_LOGITS[:2], _LOGITS))
-    return lse_BT - target_logit_BT.astype(jnp.float32), (x_BTD, head_DV, grad_BTV)
-
-
-def _pallas_head_nll_bwd(residuals, d_nll_BT):
-    x_BTD, head_DV, grad_BTV = residuals
-    d_nll_BT1 = d_nll_BT[..., None].astype(jnp.float32)
-    d_x_BTD = jnp.einsum("BTV,DV->BTD", grad_BTV, head_DV, preferred_element_type=jnp.float32) * d_nll_BT1
-    d_head_DV = jnp.einsum("BTV,BTD->DV", grad_BTV, (x_BTD * d_nll_BT1).astype(x_BTD.dtype))
-    return d_x_BTD.astype(x_BTD.dtype), d_head_DV, None
-
-
-_pallas_head_nll.defvjp(_pallas_head_nll_fwd, _pallas_head_nll_bwd)
-
-
-def head_nll(x_BTD, head_DV, targets_BT, backend: str = "auto"):
-    """Per-token negative log-likelihood [B, T] of the logits x_BTD @ head_DV, as ``token_nll`` of them. With the
-    Pallas kernels, the loss's gradient over the logits is written in the forward pass, in the same read of them
-    as the log-sum-exp (loss_kernels.lse_and_grad), so the backward reads no logits."""
-    with jax.named_scope("lm_head"):
-        if loss_implementation(backend, (*x_BTD.shape[:-1], head_DV.shape[-1])) == "pallas":
-            return _pallas_head_nll(x_BTD, head_DV, targets_BT)
-        logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV), _LOGITS)
-    return xla_token_nll(logits_BTV, targets_BT)
 
 
 def token_nll(logits_BTV, targets_BT, backend: str = "auto"):

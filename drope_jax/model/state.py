@@ -44,11 +44,11 @@ def init_params(spec: ModelSpec, seed: int, mesh) -> dict:
 
 
 def apply(spec: ModelSpec, params: dict, tokens_BT, pos, *, use_qk_norm: bool = True, positions_BT=None,
-          segment_ids_BT=None, cache=None, query_chunk=None, pos_table=None, head=True):
-    """Logits, or (logits, cache) with a KV cache, or the head's input and weights; see ``Transformer.__call__``."""
+          segment_ids_BT=None, cache=None, query_chunk=None, pos_table=None):
+    """Logits, or (logits, cache) with a KV cache; see ``Transformer.__call__``."""
     return nnx.merge(spec.graphdef, params)(tokens_BT, pos, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
                                             use_qk_norm=use_qk_norm, cache=cache, query_chunk=query_chunk,
-                                            pos_table=pos_table, head=head)
+                                            pos_table=pos_table)
 
 
 def count_params(params) -> int:

@@ -205,10 +205,8 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BT, pos: PosEncoding = ROPE, *, positions_BT=None, segment_ids_BT=None,
                  use_qk_norm: bool = True, cache: dict | None = None, query_chunk: int | None = None,
-                 pos_table=None, head: bool = True):
-        """Logits [B, T, V] in the compute dtype; with ``cache``, (logits, updated cache); with ``head=False``, the
-        head's input and weights instead, (x [B, T, D], head [D, V]) in the compute dtype, for a loss that applies
-        the head itself (loss.head_nll).
+                 pos_table=None):
+        """Logits [B, T, V] in the compute dtype; with ``cache``, (logits, updated cache).
 
         ``positions_BT`` defaults to 0..T-1 in every row (with a cache: from its length on);
         ``segment_ids_BT`` confines attention to each packed document. ``use_qk_norm=False`` skips
@@ -255,10 +253,9 @@ class Transformer(nnx.Module):
 
         with jax.named_scope("lm_head"):
             _, (x_BTD,) = self.final_norm.add_and_norm(x_BTD, delta_BTD, 1)
-            head_DV = (self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]).astype(dt)
-            if not head:
-                return x_BTD, head_DV
-            logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV), ("batch", "seq", "act_vocab"))
+            head_DV = self.embed_VD[...].T if cfg.tie_embeddings else self.lm_head_DV[...]
+            logits_BTV = constrain(jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(dt)),
+                                   ("batch", "seq", "act_vocab"))
         if cache is None:
             return logits_BTV
         return logits_BTV, {"k": new_kv[0], "v": new_kv[1], "length": start + tokens_BT.shape[1]}

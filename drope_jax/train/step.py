@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from drope_jax import sharding
-from drope_jax.model.loss import head_nll
+from drope_jax.model.loss import token_nll
 from drope_jax.model.positions import PosEncoding
 from drope_jax.model.state import ModelSpec, apply
 
@@ -44,10 +44,10 @@ def loss_fn(params, batch, *, spec: ModelSpec, pos: PosEncoding, use_qk_norm: bo
     """Mean next-token loss of a batch ``{"tokens": [B, T+1]}`` (plus ``segment_ids``/``positions``
     of the same shape when documents are masked from each other)."""
     inputs = {k: v[:, :-1] for k, v in batch.items()}
-    x_BTD, head_DV = apply(spec, params, inputs["tokens"], pos, use_qk_norm=use_qk_norm, head=False,
-                           positions_BT=inputs.get("positions"), segment_ids_BT=inputs.get("segment_ids"))
+    logits_BTV = apply(spec, params, inputs["tokens"], pos, use_qk_norm=use_qk_norm,
+                       positions_BT=inputs.get("positions"), segment_ids_BT=inputs.get("segment_ids"))
     with jax.named_scope("loss"):
-        return jnp.mean(head_nll(x_BTD, head_DV, batch["tokens"][:, 1:], spec.cfg.loss_backend))
+        return jnp.mean(token_nll(logits_BTV, batch["tokens"][:, 1:], spec.cfg.loss_backend))
 
 
 def update_if_finite(tx, grads, opt_state, params, finite):
