@@ -19,7 +19,9 @@ unchanged):
 - `base`: the model as it is;
 - `qkv_fused`: one matrix product with the query, key and value weights concatenated on the fly
   ([896, 1152]), its output split, so the backward's input gradient is one product too, and the norm before it
-  hands out one copy, not three (norm_kernels.py's backward then reads one input gradient);
+  hands out one copy, not three (norm_kernels.py's backward then reads one input gradient). The library does this
+  wherever the norm's kernel runs (transformer.Attention.fused_qkv) since 2026-12-05, so on one GPU it is `base`;
+  `qkv_separate`: the three products apart, the library before;
 - `swiglu_vjp`: silu(gate) * up with a hand-written backward (one pass over gate, up and the incoming
   gradient, writing both gradients) instead of autodiff's;
 - `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly), reading one
@@ -38,6 +40,10 @@ unchanged):
   (mlp_kernels.FORWARD_KERNEL);
 - `norm_qkv` (now the same as `qkv_fused`): `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select` and
   `norm_qkv_gate_up`: those and `select_skip` or `gate_up_fused`;
+- `norm_launch_4`: norm_kernels.py's kernels at 4 rows a program, 4 at a time, 4 warps (the backward's fastest in
+  bench/norm_kernels.py's sweep of 2026-12-05, whose single-kernel timings are within their noise), against the
+  first guess of 8, 8 and 16; the library's launch since it was timed, so now the same as `base`;
+  `norm_launch_4_qkv`: that and `qkv_fused`; `norm_launch_8`: the first guess;
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
   list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
   compile is reported and left out.
@@ -70,22 +76,6 @@ from drope_jax.model import mlp_kernels, norm_kernels, transformer
 from drope_jax.run_config import load_module
 from drope_jax.train import step as train_step
 from drope_jax.train.setup import make_setup
-
-
-def project_qkv_fused(self, x_BTD):
-    (x_BTD,) = transformer.per_product(x_BTD, 1)  # one product, so one copy of the norm
-    dt = x_BTD.dtype
-    d, n, h = self.q_DNH.shape
-    k = self.k_DKH.shape[1]
-    qkv_DC = jnp.concatenate([self.q_DNH[...].reshape(d, n * h), self.k_DKH[...].reshape(d, k * h),
-                              self.v_DKH[...].reshape(d, k * h)], axis=1).astype(dt)
-    qkv_BTC = jnp.einsum("BTD,DC->BTC", x_BTD, qkv_DC)
-    b, t = x_BTD.shape[:2]
-    q_BTNH = qkv_BTC[..., :n * h].reshape(b, t, n, h)
-    k_BTKH = qkv_BTC[..., n * h:(n + k) * h].reshape(b, t, k, h)
-    v_BTKH = qkv_BTC[..., (n + k) * h:].reshape(b, t, k, h)
-    assert not self.cfg.attention_bias, "the bench's fused projection leaves biases out"
-    return q_BTNH, k_BTKH, v_BTKH
 
 
 @jax.custom_vjp
@@ -133,14 +123,18 @@ def update_if_finite_select(tx, grads, opt_state, params, finite):
     return updates, jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
 
 
-PATCHES = {"qkv_fused": [(transformer.Attention, "_project_qkv", project_qkv_fused),
-                         (transformer.Attention, "input_copies", 1)],
+PATCHES = {"qkv_fused": [(transformer.Attention, "fused_qkv", True)],
+           "qkv_separate": [(transformer.Attention, "fused_qkv", False)],
            "swiglu_vjp": [(transformer.MLP, "__call__", mlp_swiglu_vjp)],
            "gate_up_fused": [(transformer.MLP, "__call__", mlp_gate_up_fused), (transformer.MLP, "input_copies", 1)],
            "select_skip": [(train_step, "update_if_finite", update_if_finite_select)],
            "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)],
            "norm_xla_forward": [(norm_kernels, "FORWARD_KERNEL", False)],
            "mlp_forward_kernel": [(mlp_kernels, "FORWARD_KERNEL", True)]}
+PATCHES.update({f"norm_launch_{n}": [
+    (norm_kernels, name, functools.partial(getattr(norm_kernels, name), rows=n, chunk=n, num_warps=warps))
+    for name in ("add_norm_forward", "add_norm_backward")] for n, warps in ((4, 4), (8, 16))})
+PATCHES["norm_launch_4_qkv"] = PATCHES["norm_launch_4"] + PATCHES["qkv_fused"]
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["norm_qkv"] = PATCHES["norm_forward_kernel"] + PATCHES["qkv_fused"]
 PATCHES["norm_qkv_select"] = PATCHES["norm_qkv"] + PATCHES["select_skip"]

@@ -5,8 +5,10 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from drope_jax import sharding
 from drope_jax.model import transformer
 from drope_jax.model.config import ModelConfig
 from drope_jax.run_config import load_module
@@ -31,13 +33,35 @@ def _module_and_input(module_cls):
     return module_cls(cfg, nnx.Rngs(0)), jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
 
 
-def test_the_fused_query_key_value_projection_equals_the_models():
-    attention, x_BTD = _module_and_input(transformer.Attention)
+@pytest.mark.parametrize("attention_bias", [False, True])
+def test_the_fused_query_key_value_projection_equals_three_products(attention_bias, monkeypatch):
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
+                      compute_dtype="float32", attention_bias=attention_bias).validate()
+    attention = transformer.Attention(cfg, nnx.Rngs(0))
+    if attention_bias:  # biases start at zero: give them values
+        for bias in (attention.q_bias_NH, attention.k_bias_KH, attention.v_bias_KH):
+            bias.value = jnp.asarray(np.random.default_rng(1).standard_normal(bias.value.shape), jnp.float32)
+    x_BTD = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+    monkeypatch.setattr(transformer.Attention, "fused_qkv", False)
+    assert attention.input_copies == 3
     want_qkv = attention._project_qkv(x_BTD)
+    monkeypatch.setattr(transformer.Attention, "fused_qkv", True)
+    assert attention.input_copies == 1
     for x in (x_BTD, (x_BTD,)):  # an array, or the one copy that the norm kernel hands a single product
-        for got, want in zip(BENCH.project_qkv_fused(attention, x), want_qkv):
+        for got, want in zip(attention._project_qkv(x), want_qkv, strict=True):
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_query_key_value_projection_is_fused_where_the_norm_kernel_runs(monkeypatch):
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24).validate()
+    attention = transformer.Attention(cfg, nnx.Rngs(0))
+    assert not attention.fused_qkv  # "auto" on a CPU
+    monkeypatch.setattr(sharding, "target_platform", lambda: "gpu")
+    with jax.set_mesh(sharding.make_mesh(devices=jax.devices()[:1])):
+        assert attention.fused_qkv and attention.input_copies == 1
+    with jax.set_mesh(sharding.make_mesh(data=2, fsdp=4)):  # sharded weights stay apart
+        assert not attention.fused_qkv
 
 
 def test_the_mlp_rewrites_equal_the_models_mlp():
@@ -109,8 +133,9 @@ def test_norm_forward_kernel_puts_the_forward_kernel_before_the_backward_kernel(
 
 
 def test_the_fused_projections_hand_the_norm_kernel_one_copy(monkeypatch):
-    """Under qkv_fused and gate_up_fused the model computes what it did, and norm_kernels.py's backward gets one
-    input gradient where a single product reads the norm."""
+    """With the norm kernel, the model (query, key and value fused) and gate_up_fused compute what the three
+    products apart compute (qkv_separate), and norm_kernels.py's backward gets one input gradient where a single
+    product reads the norm."""
     from drope_jax.model import norm_kernels
 
     cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
@@ -125,13 +150,14 @@ def test_the_fused_projections_hand_the_norm_kernel_one_copy(monkeypatch):
     backward = norm_kernels.add_norm_backward
     monkeypatch.setattr(norm_kernels, "add_norm_backward",
                         lambda s, d_s, w, d_ns, eps: copies.append(len(d_ns)) or backward(s, d_s, w, d_ns, eps))
-    want_loss, want_grads = jax.jit(jax.value_and_grad(loss))(params)
+    with BENCH.patched("qkv_separate"):
+        want_loss, want_grads = jax.jit(jax.value_and_grad(loss))(params)
     assert sorted(set(copies)) == [1, 2, 3]  # the final norm; the MLP's; the attention's
-    for variant, one_copy_norms in (("qkv_fused", "attention"), ("gate_up_fused", "mlp")):
+    for variant, want_copies in (("base", [1, 2]), ("gate_up_fused", [1])):
         copies.clear()
         with BENCH.patched(variant):
             got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(params)
-        assert sorted(set(copies)) == ([1, 2] if one_copy_norms == "attention" else [1, 3])
+        assert sorted(set(copies)) == want_copies
         np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
         jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got_grads, want_grads)
 

@@ -22,9 +22,11 @@ gradient and each input gradient once and writes d x once (6 and 5), in float32 
 the same array. The weight's gradient leaves as one float32 row per program, which XLA sums. Timed in paired
 rounds against the same step with ``norm_backend="xla"`` (one H200, 2026-12-04, bench/step_variants.py
 --variants=base,xla_norm --peer), the backward kernel alone took the step from 215.5 to 214.5 ms: 1 ms, not the
-2.6 that the bytes promise. Its launch (8 rows a program, 16 warps) was chosen by reasoning, not by a sweep.
-A program can also take more rows than it holds at a time (``chunk``), which leaves fewer d weight rows for XLA to
-sum; bench/norm_kernels.py sweeps both kernels' launches.
+2.6 that the bytes promise. A program can also take more rows than it holds at a time (``chunk``), which leaves
+fewer d weight rows for XLA to sum; bench/norm_kernels.py sweeps both kernels' launches. Its timings of one kernel
+call were within their noise (0.21 to 0.34 ms for most launches; one H200, 2026-12-05), so the launch was chosen in
+the step: 4 rows a program, 4 warps, against the first guess of 8 rows and 16 warps, saved 0.7 ms a step in one
+call and 0.8 (waited for) and 0.9 ms (back to back) in another (bench/step_variants.py's ``norm_launch_4``).
 
 ``config.model.norm_backend`` picks as ``mlp_backend`` does (mlp_kernels.py): "auto" runs the kernels on a single
 GPU, "xla" never, "pallas" always (Pallas's interpreter off the GPU, as the tests run it; under
@@ -44,7 +46,7 @@ from jax.experimental.pallas import triton as plt
 from drope_jax import sharding
 
 # Rows a program takes (all of each, padded to a power of two), rows it holds at a time, warps it runs.
-ROWS, CHUNK, WARPS = 8, 8, 16
+ROWS, CHUNK, WARPS = 4, 4, 4
 # The forward as a kernel too (timed in the step above); False keeps XLA's forward with the backward kernel.
 FORWARD_KERNEL = True
 _ROW = ("batch", "seq", None)  # the kernel needs each row whole on one device

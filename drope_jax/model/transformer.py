@@ -54,7 +54,19 @@ def per_product(x, count: int):
 
 
 class Attention(nnx.Module):
-    input_copies = 3  # matrix products that read the input (query, key, value): norm_kernels.add_norm's copies
+    @property
+    def fused_qkv(self) -> bool:
+        """Query, key and value as one matrix product, their weights concatenated on the fly, where the norm's
+        kernel runs (a single GPU): its backward then reads one input gradient, not three, and the two thin key and
+        value products join the query's. In paired rounds on one H200 that saved 0.3 to 0.9 ms a step in all but one
+        comparison since 2026-12-04 (that one cost 0.2 ms; docs/performance.md). Elsewhere the three stay apart, so
+        that no sharded weight is concatenated."""
+        return uses_kernel(self.cfg.norm_backend)
+
+    @property
+    def input_copies(self) -> int:
+        """Matrix products that read the input: norm_kernels.add_norm's copies."""
+        return 1 if self.fused_qkv else 3
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
@@ -73,16 +85,30 @@ class Attention(nnx.Module):
             self.q_norm, self.k_norm = RMSNorm(h, cfg, rngs), RMSNorm(h, cfg, rngs)
 
     def _project_qkv(self, x_BTD):
-        xq_BTD, xk_BTD, xv_BTD = per_product(x_BTD, self.input_copies)
-        dt = xq_BTD.dtype
-        q_BTNH = jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt))
-        k_BTKH = jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt))
-        v_BTKH = jnp.einsum("BTD,DKH->BTKH", xv_BTD, self.v_DKH[...].astype(dt))
+        if self.fused_qkv:
+            q_BTNH, k_BTKH, v_BTKH = self._project_qkv_fused(*per_product(x_BTD, 1))
+        else:
+            xq_BTD, xk_BTD, xv_BTD = per_product(x_BTD, 3)
+            dt = xq_BTD.dtype
+            q_BTNH = jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt))
+            k_BTKH = jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt))
+            v_BTKH = jnp.einsum("BTD,DKH->BTKH", xv_BTD, self.v_DKH[...].astype(dt))
+        dt = q_BTNH.dtype
         if self.cfg.attention_bias:
             q_BTNH = q_BTNH + self.q_bias_NH[...].astype(dt)
             k_BTKH = k_BTKH + self.k_bias_KH[...].astype(dt)
             v_BTKH = v_BTKH + self.v_bias_KH[...].astype(dt)
         return q_BTNH, k_BTKH, v_BTKH
+
+    def _project_qkv_fused(self, x_BTD):
+        d, n, h = self.q_DNH.shape
+        k = self.k_DKH.shape[1]
+        qkv_DC = jnp.concatenate([self.q_DNH[...].reshape(d, n * h), self.k_DKH[...].reshape(d, k * h),
+                                  self.v_DKH[...].reshape(d, k * h)], axis=1).astype(x_BTD.dtype)
+        qkv_BTC = jnp.einsum("BTD,DC->BTC", x_BTD, qkv_DC)
+        q_BTC, k_BTC, v_BTC = jnp.split(qkv_BTC, [n * h, (n + k) * h], axis=-1)
+        return (q_BTC.reshape(*x_BTD.shape[:2], n, h), k_BTC.reshape(*x_BTD.shape[:2], k, h),
+                v_BTC.reshape(*x_BTD.shape[:2], k, h))
 
     def _qk_norm(self, norm: RMSNorm, x_BTNH):
         if self.cfg.qk_norm == "head":
