@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The step's candidates on one GPU (docs/performance.md, "The last 1%", which has their timings of 2026-12-05; the
-# kernel sweeps have not run yet), in calls of at most 8 minutes:
+# The step's candidates on one GPU (docs/performance.md, "The last 1%", which has their timings of 2026-12-05, the
+# kernel sweeps' included), in calls of at most 8 minutes:
 #   bash bench/step_candidates.sh kernels   the kernels alone, against XLA, over their launch parameters:
 #       bench/norm_kernels.py (the residual add + RMSNorm, forward and backward, at the attention's norm with 3 input
 #       gradients and the MLP's with 2) and bench/mlp_kernels.py's forward (silu(gate) * up);
