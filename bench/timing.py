@@ -32,8 +32,8 @@ def _max_errors(got, want):
 def timed_row(name, fn, args, bytes_moved, want, rows, f32_rtol=1e-5):
     """Checks each array of ``fn(*args)`` against ``want``'s (bf16 to 1e-2 of its largest magnitude, float32 to
     ``f32_rtol``: 1e-5 where only the order of a float32 sum may differ), then times it and prints its rate over
-    ``bytes_moved``; appends (ms, name) to ``rows``. A failure to
-    compile or to match costs the row, not the sweep."""
+    ``bytes_moved``; appends (ms, name) to ``rows``. A failure to compile or to match costs the row, not the
+    sweep."""
     try:
         for i, ((error, scale), w) in enumerate(zip(_max_errors(fn(*args), want), jax.tree.leaves(want))):
             tolerance = (f32_rtol if w.dtype == jnp.float32 else 1e-2) * float(scale)  # bf16 roundings differ
