@@ -14,7 +14,10 @@
 #       skipped update's cond (a select; the cond inside a CUDA graph, as a conditional node: XLA's default kinds
 #       of command, as its flags list them, and CONDITIONAL);
 #   then, if time is left: step base,xla:xla_gpu_enable_cublaslt,gate_up_fused (the profile's 531 memsets a step,
-#       2.65 ms, may be cuBLAS's).
+#       2.65 ms, may be cuBLAS's);
+#   bash bench/step_candidates.sh confirm   the library as committed against the peer, beside the library without
+#       each of its last two changes (the three products apart; the norm's first launch) and without both, then the
+#       quickstart through launch/tpu_run.py: about 6 minutes.
 # Repo root on the GPU machine; logs in $OUT.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -36,5 +39,11 @@ case "${1:-}" in
       timeout 60 python3 bench/profile_summary.py "$ROOT/prof/$v" --top=25 > "$OUT/3_profile_${v//[^A-Za-z0-9_]/_}.txt" 2>&1
     done
     head -30 "$OUT/3_profile_base.txt" ;;
-  *) echo "usage: bash bench/step_candidates.sh kernels | step [VARIANTS]" >&2; exit 2 ;;
+  confirm)
+    timeout 400 python3 bench/step_variants.py --variants=base,qkv_separate,norm_launch_8,norm_launch_8_separate \
+      --peer --timing=both --rounds=5 2>&1 | grep -v -i warn | tee "$OUT/4_confirm_step.log"
+    rm -rf "$ROOT/tiny"
+    timeout 120 python3 launch/tpu_run.py --config=configs/tiny.py --workdir="$ROOT/tiny" 2>&1 | grep -v -i warn \
+      | tee "$OUT/5_confirm_tiny.log" | tail -8 ;;
+  *) echo "usage: bash bench/step_candidates.sh kernels | step [VARIANTS] | confirm" >&2; exit 2 ;;
 esac

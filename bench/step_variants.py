@@ -43,7 +43,8 @@ unchanged):
 - `norm_launch_4`: norm_kernels.py's kernels at 4 rows a program, 4 at a time, 4 warps (the backward's fastest in
   bench/norm_kernels.py's sweep of 2026-12-05, whose single-kernel timings are within their noise), against the
   first guess of 8, 8 and 16; the library's launch since it was timed, so now the same as `base`;
-  `norm_launch_4_qkv`: that and `qkv_fused`; `norm_launch_8`: the first guess;
+  `norm_launch_4_qkv`: that and `qkv_fused`; `norm_launch_8`: the first guess; `norm_launch_8_separate`: that and
+  `qkv_separate`, the library before both;
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
   list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
   compile is reported and left out.
@@ -135,6 +136,7 @@ PATCHES.update({f"norm_launch_{n}": [
     (norm_kernels, name, functools.partial(getattr(norm_kernels, name), rows=n, chunk=n, num_warps=warps))
     for name in ("add_norm_forward", "add_norm_backward")] for n, warps in ((4, 4), (8, 16))})
 PATCHES["norm_launch_4_qkv"] = PATCHES["norm_launch_4"] + PATCHES["qkv_fused"]
+PATCHES["norm_launch_8_separate"] = PATCHES["norm_launch_8"] + PATCHES["qkv_separate"]
 PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
 PATCHES["norm_qkv"] = PATCHES["norm_forward_kernel"] + PATCHES["qkv_fused"]
 PATCHES["norm_qkv_select"] = PATCHES["norm_qkv"] + PATCHES["select_skip"]
