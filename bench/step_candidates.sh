@@ -5,8 +5,8 @@
 #       bench/norm_kernels.py (the residual add + RMSNorm, forward and backward, at the attention's norm with 3 input
 #       gradients and the MLP's with 2) and bench/mlp_kernels.py's forward (silu(gate) * up);
 #   bash bench/step_candidates.sh step      the library's step against the same step without XLA's command buffers
-#       (CUDA graphs), with the norm's forward kernel, and with the query, key and value as one product reading one
-#       copy of the norm, and the PyTorch peer: bench/step_variants.py in paired rounds, each step waited for and
+#       (CUDA graphs), without the norm's forward kernel, and with the query, key and value as three products (the
+#       forward kernel and the one product are the library's since they were timed), and the PyTorch peer: bench/step_variants.py in paired rounds, each step waited for and
 #       back to back, then a trace of 3 steps of each variant, summed by bench/profile_summary.py;
 #   bash bench/step_candidates.sh step \
 #       'base,mlp_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=FUSION|CUBLAS|CUBLASLT|CUSTOM_CALL|CUDNN|DYNAMIC_SLICE_FUSION|CONDITIONAL'
@@ -31,7 +31,7 @@ case "${1:-}" in
       timeout 150 python3 norm_kernels.py --passes=backward --copies=2 && \
       timeout 60 python3 mlp_kernels.py --passes=forward) 2>&1 | grep -v -i warn | tee "$OUT/1_kernels.log" ;;
   step)
-    variants=${2:-base,xla:xla_gpu_enable_command_buffer=,norm_forward_kernel,qkv_fused}
+    variants=${2:-base,xla:xla_gpu_enable_command_buffer=,norm_xla_forward,qkv_separate}
     rm -rf "$ROOT/prof"
     timeout 480 python3 bench/step_variants.py --variants="$variants" --peer --timing=both --rounds=4 \
       --profile_dir="$ROOT/prof" 2>&1 | grep -v -i warn | tee "$OUT/2_step_variants.log"

@@ -56,11 +56,12 @@ def per_product(x, count: int):
 class Attention(nnx.Module):
     @property
     def fused_qkv(self) -> bool:
-        """Query, key and value as one matrix product, their weights concatenated on the fly, where the norm's
-        kernel runs (a single GPU): its backward then reads one input gradient, not three, and the two thin key and
-        value products join the query's. In paired rounds on one H200 that saved 0.3 to 0.9 ms a step in all but one
-        comparison since 2026-12-04 (that one cost 0.2 ms; docs/performance.md). Elsewhere the three stay apart, so
-        that no sharded weight is concatenated."""
+        """Query, key and value as one matrix product, their weights concatenated on the fly, wherever the norm's
+        kernel runs (with "auto", a single GPU): its backward then reads one input gradient, not three, and the two
+        thin key and value products join the query's. In paired rounds on one H200 that saved 0.3 to 1.0 ms a step
+        in all but one comparison since 2026-12-04 (that one cost 0.2 ms; docs/performance.md). Without the kernel
+        (by default on CPU, TPU and meshes of several devices) the three stay apart, so that sharded weights are
+        not concatenated."""
         return uses_kernel(self.cfg.norm_backend)
 
     @property
@@ -105,10 +106,9 @@ class Attention(nnx.Module):
         k = self.k_DKH.shape[1]
         qkv_DC = jnp.concatenate([self.q_DNH[...].reshape(d, n * h), self.k_DKH[...].reshape(d, k * h),
                                   self.v_DKH[...].reshape(d, k * h)], axis=1).astype(x_BTD.dtype)
-        qkv_BTC = jnp.einsum("BTD,DC->BTC", x_BTD, qkv_DC)
-        q_BTC, k_BTC, v_BTC = jnp.split(qkv_BTC, [n * h, (n + k) * h], axis=-1)
-        return (q_BTC.reshape(*x_BTD.shape[:2], n, h), k_BTC.reshape(*x_BTD.shape[:2], k, h),
-                v_BTC.reshape(*x_BTD.shape[:2], k, h))
+        q_BTC, k_BTC, v_BTC = jnp.split(jnp.einsum("BTD,DC->BTC", x_BTD, qkv_DC), [n * h, (n + k) * h], axis=-1)
+        b, t = x_BTD.shape[:2]
+        return q_BTC.reshape(b, t, n, h), k_BTC.reshape(b, t, k, h), v_BTC.reshape(b, t, k, h)
 
     def _qk_norm(self, norm: RMSNorm, x_BTNH):
         if self.cfg.qk_norm == "head":
