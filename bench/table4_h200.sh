@@ -9,7 +9,6 @@
 #      metrics.jsonl, the medians of the steady intervals of each phase, and what the flip's interval cost.
 #
 #   bash bench/table4_h200.sh          (repo root on the device machine; logs and metrics.jsonl in $OUT)
-#   bash bench/table4_h200.sh loop     2. alone, about 4 minutes
 #
 # Needs jax, flax, optax, orbax, transformers and torch, plus grain, ml_collections, array_record,
 # tensorboardX and portpicker on PYTHONPATH. The data (2.: the code corpus and tokenizer of
@@ -33,12 +32,10 @@ stage_data() {
 }
 stage_data & data_pid=$!
 
-if [ "${1:-}" != loop ]; then
-  stamp "1. train step: configs/0p5b_16b.py at 1024 x 32, with and without its kernels, and the peer, interleaved"
-  timeout 420 python3 bench/step_variants.py --variants=base,xla_kernels --peer --rounds=5 2>&1 | grep -v -i warn \
-    > "$OUT/step_paired.log"
-  grep -v RESULT "$OUT/step_paired.log" | tail -4 | tee -a "$OUT/progress.log"
-fi
+stamp "1. train step: configs/0p5b_16b.py at 1024 x 32, with and without its kernels, and the peer, interleaved"
+timeout 420 python3 bench/step_variants.py --variants=base,xla_kernels --peer --rounds=5 2>&1 | grep -v -i warn \
+  > "$OUT/step_paired.log"
+grep -v RESULT "$OUT/step_paired.log" | tail -4 | tee -a "$OUT/progress.log"
 
 wait $data_pid || { stamp "data preparation failed: see $OUT/stage.log, $OUT/prepare.log"; exit 1; }
 stamp "2. the real loop with a flip: 50 steps of 32 x 1024, flip at step 25"
