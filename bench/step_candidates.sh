@@ -6,8 +6,9 @@
 #       gradients and the MLP's with 2) and bench/mlp_kernels.py's forward (silu(gate) * up);
 #   bash bench/step_candidates.sh step      the library's step against the same step without XLA's command buffers
 #       (CUDA graphs), without the norm's forward kernel, and with the query, key and value as three products (the
-#       forward kernel and the one product are the library's since they were timed), and the PyTorch peer: bench/step_variants.py in paired rounds, each step waited for and
-#       back to back, then a trace of 3 steps of each variant, summed by bench/profile_summary.py;
+#       forward kernel and the one product are the library's since they were timed), and the PyTorch peer:
+#       bench/step_variants.py in paired rounds, each step waited for and back to back, then a trace of 3 steps of
+#       each variant, summed by bench/profile_summary.py;
 #   bash bench/step_candidates.sh step \
 #       'base,mlp_forward_kernel,select_skip,xla:xla_gpu_enable_command_buffer=FUSION|CUBLAS|CUBLASLT|CUSTOM_CALL|CUDNN|DYNAMIC_SLICE_FUSION|CONDITIONAL'
 #       the same for the next in line: the SwiGLU's forward kernel, and two ways around the host's wait at the

@@ -26,7 +26,6 @@ unchanged):
   gradient, writing both gradients) instead of autodiff's;
 - `gate_up_fused`: the gate and up projections as one product ([896, 2, 4864], stacked on the fly), reading one
   copy of the norm;
-- `both`: `qkv_fused` and `swiglu_vjp`;
 - `select_skip`: the skipped update of a non-finite step as a select (`jnp.where` over the update and the optimizer
   state) instead of train/step.py's `lax.cond`, whose predicate goes to the host, which waits for it;
 - `xla_norm`: config.model.norm_backend="xla" (the residual add + RMSNorm by XLA and autodiff, without
@@ -38,13 +37,8 @@ unchanged):
   backward kernel, the library before;
 - `mlp_forward_kernel`: mlp_kernels.py's forward kernel for silu(gate) * up as well as its backward
   (mlp_kernels.FORWARD_KERNEL);
-- `norm_qkv` (now the same as `qkv_fused`): `norm_forward_kernel` and `qkv_fused`; `norm_qkv_select` and
-  `norm_qkv_gate_up`: those and `select_skip` or `gate_up_fused`;
-- `norm_launch_4`: norm_kernels.py's kernels at 4 rows a program, 4 at a time, 4 warps (the backward's fastest in
-  bench/norm_kernels.py's sweep of 2026-12-05, whose single-kernel timings are within their noise), against the
-  first guess of 8, 8 and 16; the library's launch since it was timed, so now the same as `base`;
-  `norm_launch_4_qkv`: that and `qkv_fused`; `norm_launch_8`: the first guess; `norm_launch_8_separate`: that and
-  `qkv_separate`, the library before both;
+- `norm_launch_8`: norm_kernels.py's kernels at their first launch, 8 rows a program, 8 at a time, 16 warps,
+  instead of the library's 4, 4 and 4; `norm_launch_8_separate`: that and `qkv_separate`, the library before both;
 - `xla:NAME[=VALUE]+NAME...`: the model as it is, compiled with these XLA options (a bare NAME is set to true; a
   list value's items are separated by |), for example `xla:xla_gpu_triton_gemm_any`. A variant that does not
   compile is reported and left out.
@@ -132,15 +126,10 @@ PATCHES = {"qkv_fused": [(transformer.Attention, "fused_qkv", True)],
            "norm_forward_kernel": [(norm_kernels, "FORWARD_KERNEL", True)],
            "norm_xla_forward": [(norm_kernels, "FORWARD_KERNEL", False)],
            "mlp_forward_kernel": [(mlp_kernels, "FORWARD_KERNEL", True)]}
-PATCHES.update({f"norm_launch_{n}": [
-    (norm_kernels, name, functools.partial(getattr(norm_kernels, name), rows=n, chunk=n, num_warps=warps))
-    for name in ("add_norm_forward", "add_norm_backward")] for n, warps in ((4, 4), (8, 16))})
-PATCHES["norm_launch_4_qkv"] = PATCHES["norm_launch_4"] + PATCHES["qkv_fused"]
+PATCHES["norm_launch_8"] = [
+    (norm_kernels, name, functools.partial(getattr(norm_kernels, name), rows=8, chunk=8, num_warps=16))
+    for name in ("add_norm_forward", "add_norm_backward")]
 PATCHES["norm_launch_8_separate"] = PATCHES["norm_launch_8"] + PATCHES["qkv_separate"]
-PATCHES["both"] = PATCHES["qkv_fused"] + PATCHES["swiglu_vjp"]
-PATCHES["norm_qkv"] = PATCHES["norm_forward_kernel"] + PATCHES["qkv_fused"]
-PATCHES["norm_qkv_select"] = PATCHES["norm_qkv"] + PATCHES["select_skip"]
-PATCHES["norm_qkv_gate_up"] = PATCHES["norm_qkv"] + PATCHES["gate_up_fused"]
 PATCHES["base"] = []
 # Variants that change a config setting instead of a method.
 CONFIG_VARIANTS = {"xla_norm": {"norm_backend": "xla"}, "xla_mlp": {"mlp_backend": "xla"},

@@ -35,7 +35,7 @@ def timed_row(name, fn, args, bytes_moved, want, rows, f32_rtol=1e-5):
     ``bytes_moved``; appends (ms, name) to ``rows``. A failure to compile or to match costs the row, not the
     sweep."""
     try:
-        for i, ((error, scale), w) in enumerate(zip(_max_errors(fn(*args), want), jax.tree.leaves(want))):
+        for i, ((error, scale), w) in enumerate(zip(_max_errors(fn(*args), want), jax.tree.leaves(want), strict=True)):
             tolerance = (f32_rtol if w.dtype == jnp.float32 else 1e-2) * float(scale)  # bf16 roundings differ
             assert float(error) <= tolerance, f"result {i}: max error {float(error):.3g} over {tolerance:.3g}"
         ms = median_ms(fn, *args)

@@ -26,22 +26,20 @@ def test_swiglu_with_its_hand_written_backward_matches_autodiff():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def _module_and_input(module_cls):
+def _module_and_input(module_cls, **config):
     """A small float32 ``module_cls`` (transformer.Attention or MLP) and an input [2, 5, 16] for it."""
     cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
-                      compute_dtype="float32").validate()
+                      compute_dtype="float32", **config).validate()
     return module_cls(cfg, nnx.Rngs(0)), jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
 
 
 @pytest.mark.parametrize("attention_bias", [False, True])
 def test_the_fused_query_key_value_projection_equals_three_products(attention_bias, monkeypatch):
-    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24,
-                      compute_dtype="float32", attention_bias=attention_bias).validate()
-    attention = transformer.Attention(cfg, nnx.Rngs(0))
-    if attention_bias:  # biases start at zero: give them values
+    attention, x_BTD = _module_and_input(transformer.Attention, attention_bias=attention_bias)
+    if attention_bias:  # biases start at zero: give them values, different for key and value
+        rng = np.random.default_rng(1)
         for bias in (attention.q_bias_NH, attention.k_bias_KH, attention.v_bias_KH):
-            bias.value = jnp.asarray(np.random.default_rng(1).standard_normal(bias.value.shape), jnp.float32)
-    x_BTD = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 16)), jnp.float32)
+            bias.value = jnp.asarray(rng.standard_normal(bias.value.shape), jnp.float32)
     monkeypatch.setattr(transformer.Attention, "fused_qkv", False)
     assert attention.input_copies == 3
     want_qkv = attention._project_qkv(x_BTD)
@@ -54,8 +52,7 @@ def test_the_fused_query_key_value_projection_equals_three_products(attention_bi
 
 
 def test_the_query_key_value_projection_is_fused_where_the_norm_kernel_runs(monkeypatch):
-    cfg = ModelConfig(vocab_size=32, d_model=16, num_layers=1, num_heads=4, num_kv_heads=2, mlp_dim=24).validate()
-    attention = transformer.Attention(cfg, nnx.Rngs(0))
+    attention, _ = _module_and_input(transformer.Attention)
     assert not attention.fused_qkv  # "auto" on a CPU
     monkeypatch.setattr(sharding, "target_platform", lambda: "gpu")
     with jax.set_mesh(sharding.make_mesh(devices=jax.devices()[:1])):

@@ -86,20 +86,20 @@ class Attention(nnx.Module):
             self.q_norm, self.k_norm = RMSNorm(h, cfg, rngs), RMSNorm(h, cfg, rngs)
 
     def _project_qkv(self, x_BTD):
-        if self.fused_qkv:
-            q_BTNH, k_BTKH, v_BTKH = self._project_qkv_fused(*per_product(x_BTD, 1))
-        else:
-            xq_BTD, xk_BTD, xv_BTD = per_product(x_BTD, 3)
-            dt = xq_BTD.dtype
-            q_BTNH = jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt))
-            k_BTKH = jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt))
-            v_BTKH = jnp.einsum("BTD,DKH->BTKH", xv_BTD, self.v_DKH[...].astype(dt))
+        project = self._project_qkv_fused if self.fused_qkv else self._project_qkv_separate
+        q_BTNH, k_BTKH, v_BTKH = project(*per_product(x_BTD, self.input_copies))
         dt = q_BTNH.dtype
         if self.cfg.attention_bias:
             q_BTNH = q_BTNH + self.q_bias_NH[...].astype(dt)
             k_BTKH = k_BTKH + self.k_bias_KH[...].astype(dt)
             v_BTKH = v_BTKH + self.v_bias_KH[...].astype(dt)
         return q_BTNH, k_BTKH, v_BTKH
+
+    def _project_qkv_separate(self, xq_BTD, xk_BTD, xv_BTD):
+        dt = xq_BTD.dtype
+        return (jnp.einsum("BTD,DNH->BTNH", xq_BTD, self.q_DNH[...].astype(dt)),
+                jnp.einsum("BTD,DKH->BTKH", xk_BTD, self.k_DKH[...].astype(dt)),
+                jnp.einsum("BTD,DKH->BTKH", xv_BTD, self.v_DKH[...].astype(dt)))
 
     def _project_qkv_fused(self, x_BTD):
         d, n, h = self.q_DNH.shape
